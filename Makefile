@@ -1,0 +1,35 @@
+# The two commands of the README: `make run` and `make test`. Everything they need is installed
+# by scripts/ from Debian apt and crates.io only.
+CARGO ?= cargo
+
+.PHONY: run test build setup lint bench check clean-state
+
+## Run the appliance with its embedded defaults: SIP on 127.0.0.1:5060 (UDP+TCP), SQLite under
+## state/, the demo bank dialplan and the bundled prompts.
+run: setup
+	$(CARGO) run --release --bin warmline -- serve
+
+## Install every test peer (SIPp, baresip, espeak-ng, sox) and run the whole suite.
+test: setup
+	scripts/setup-test-peers.sh
+	$(CARGO) fmt --check
+	$(CARGO) test --all-targets
+
+setup:
+	scripts/setup-build.sh
+
+build: setup
+	$(CARGO) build --release
+
+check: setup
+	$(CARGO) run --release --bin warmline -- check
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench: setup
+	scripts/bench-sipp.sh
+
+clean-state:
+	rm -rf state

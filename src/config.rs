@@ -1,0 +1,331 @@
+//! `warmline.toml`: what an operator writes. Every field has a default, so the appliance runs with no
+//! file at all (the embedded defaults: loopback SIP on 5060, SQLite under `state/`, the demo dialplan).
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub rtp: RtpConfig,
+    pub paths: PathsConfig,
+    pub ivr: IvrConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// UDP and TCP listen on this address.
+    pub listen: SocketAddr,
+    /// Address written into Via/Contact/SDP when the appliance sits behind NAT; defaults to `listen`.
+    pub public_addr: Option<SocketAddr>,
+    pub user_agent: String,
+    /// New calls above this are refused with 503 so existing calls keep their quality.
+    pub max_calls: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtpConfig {
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Codecs we accept, in our order of preference for offers we make: "pcmu", "pcma", "opus".
+    pub codecs: Vec<String>,
+    pub jitter_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    pub state_dir: PathBuf,
+    pub dialplans: PathBuf,
+    pub prompts: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IvrConfig {
+    /// Name of the dialplan file (without `.toml`) under `paths.dialplans` that answers inbound calls.
+    pub dialplan: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite://...` or `postgres://...`; defaults to `sqlite://<state_dir>/warmline.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. "info" or "warmline=debug"; the WARMLINE_LOG env var wins.
+    pub level: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            public_addr: None,
+            user_agent: format!("warmline/{}", env!("CARGO_PKG_VERSION")),
+            max_calls: 4000,
+        }
+    }
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        Self {
+            port_min: 20000,
+            port_max: 29999,
+            codecs: vec!["pcmu".into(), "pcma".into(), "opus".into()],
+            jitter_ms: 60,
+        }
+    }
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("state"),
+            dialplans: PathBuf::from("dialplans"),
+            prompts: PathBuf::from("voice-prompts"),
+        }
+    }
+}
+
+impl Default for IvrConfig {
+    fn default() -> Self {
+        Self {
+            dialplan: "demo-bank".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            sip: SipConfig::default(),
+            rtp: RtpConfig::default(),
+            paths: PathsConfig::default(),
+            ivr: IvrConfig::default(),
+            storage: StorageConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the embedded defaults when `None`. Relative paths inside a file are taken
+    /// relative to the file's folder, so `warmline --config /etc/warmline/warmline.toml` works from anywhere.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            let cfg = Config::default();
+            cfg.validate(Path::new("<defaults>"), "")?;
+            return Ok(cfg);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(path, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.paths.state_dir,
+            &mut cfg.paths.dialplans,
+            &mut cfg.paths.prompts,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        cfg.validate(path, text)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let fail = |key: &str, message: String| {
+            let (line, column) = find_key(text, key);
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            })
+        };
+        if self.rtp.port_min > self.rtp.port_max || self.rtp.port_max - self.rtp.port_min < 2 {
+            return fail(
+                "port_min",
+                format!(
+                    "rtp.port_min ({}) .. rtp.port_max ({}) must span at least 2 ports",
+                    self.rtp.port_min, self.rtp.port_max
+                ),
+            );
+        }
+        if self.rtp.port_min % 2 != 0 {
+            return fail(
+                "port_min",
+                "rtp.port_min must be even (RTP takes even ports, RTCP the odd one above)".into(),
+            );
+        }
+        for c in &self.rtp.codecs {
+            if crate::ops::codec_from_name(c).is_none() {
+                return fail(
+                    "codecs",
+                    format!("unknown codec '{c}' in rtp.codecs (known: pcmu, pcma, opus)"),
+                );
+            }
+        }
+        if self.rtp.codecs.is_empty() {
+            return fail("codecs", "rtp.codecs must name at least one codec".into());
+        }
+        if !(20..=1000).contains(&self.rtp.jitter_ms) {
+            return fail(
+                "jitter_ms",
+                format!("rtp.jitter_ms = {} must be 20..=1000", self.rtp.jitter_ms),
+            );
+        }
+        if self.ivr.dialplan.is_empty() {
+            return fail("dialplan", "ivr.dialplan must name a dialplan".into());
+        }
+        Ok(())
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.sip.public_addr.unwrap_or(self.sip.listen)
+    }
+
+    /// The IP written into SDP; an unspecified listen address cannot be advertised.
+    pub fn media_ip(&self) -> IpAddr {
+        self.public_addr().ip()
+    }
+
+    pub fn storage_url(&self) -> String {
+        match &self.storage.url {
+            Some(u) => u.clone(),
+            None => format!(
+                "sqlite://{}",
+                self.paths.state_dir.join("warmline.db").display()
+            ),
+        }
+    }
+
+    pub fn dialplan_path(&self) -> PathBuf {
+        self.paths
+            .dialplans
+            .join(format!("{}.toml", self.ivr.dialplan))
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map(|i| before.len() - i)
+        .unwrap_or(before.len() + 1);
+    (line, column)
+}
+
+/// Position of `key =` in the text, so value errors found after parsing still point at a line.
+fn find_key(text: &str, key: &str) -> (usize, usize) {
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return (i + 1, line.len() - t.len() + 1);
+            }
+        }
+    }
+    (1, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = Config::load(None).unwrap();
+        assert_eq!(cfg.sip.listen, "127.0.0.1:5060".parse().unwrap());
+        assert!(cfg.storage_url().starts_with("sqlite://"));
+        assert_eq!(
+            cfg.dialplan_path(),
+            PathBuf::from("dialplans/demo-bank.toml")
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_column() {
+        let text = "[sip]\nlisten = \"127.0.0.1:5070\"\nlisen = \"x\"\n";
+        let err = Config::parse(Path::new("w.toml"), text).unwrap_err();
+        let s = err.to_string();
+        assert!(s.starts_with("w.toml:3:1:"), "{s}");
+        assert!(s.contains("lisen"), "{s}");
+    }
+
+    #[test]
+    fn bad_port_range_points_at_key() {
+        let text = "[rtp]\nport_min = 30000\nport_max = 20000\n";
+        let err = Config::parse(Path::new("w.toml"), text).unwrap_err();
+        assert!(err.to_string().starts_with("w.toml:2:1:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_codec_rejected() {
+        let text = "[rtp]\ncodecs = [\"pcmu\", \"g729\"]\n";
+        let err = Config::parse(Path::new("w.toml"), text).unwrap_err();
+        assert!(err.to_string().contains("g729"), "{err}");
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 99), (1, 3));
+    }
+}

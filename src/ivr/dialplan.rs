@@ -1,0 +1,2440 @@
+//! Dialplan files (`dialplans/*.toml`): menus, their prompts and DTMF options.
+//!
+//! A dialplan is loaded once, validated completely and then shared (`Arc<Dialplan>`) by every
+//! call's [`CallFlow`](crate::ivr::flow::CallFlow). Validation reports every problem it finds in
+//! one pass, each with `file:line:column`, so a campaign manager fixes a file in one round.
+//! TOML syntax errors are all reported first; the dialplan checks run once the file parses,
+//! because toml's error recovery can reshape the document and the checks would then report
+//! problems that are not in the file. The syntax is documented in `docs/dialplan.md`.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::io::Read as _;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::{DeString, DeTable, DeValue};
+use toml::Spanned;
+
+/// No-input timeout when neither the menu nor `[defaults]` sets one.
+pub const DEFAULT_NO_INPUT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Inter-digit timeout when neither the menu nor `[defaults]` sets one.
+pub const DEFAULT_INTER_DIGIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Failed attempts (no input or no match) before a menu's final action runs.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Key that ends multi-digit input early when neither the menu nor `[defaults]` sets one.
+pub const DEFAULT_TERMINATOR: char = '#';
+/// Accepted `no_input_timeout` range, in seconds.
+pub const NO_INPUT_TIMEOUT_RANGE: (f64, f64) = (1.0, 60.0);
+/// Accepted `inter_digit_timeout` range, in seconds.
+pub const INTER_DIGIT_TIMEOUT_RANGE: (f64, f64) = (0.5, 10.0);
+/// Accepted `max_attempts` range.
+pub const MAX_ATTEMPTS_RANGE: (i64, i64) = (1, 10);
+/// Longest DTMF key (digits) an option may have.
+pub const MAX_KEY_LEN: usize = 16;
+/// Longest menu name, prompt name or transfer target.
+const MAX_NAME_LEN: usize = 128;
+/// Largest dialplan file read (a guard against pointing `load` at the wrong file).
+const MAX_FILE_BYTES: u64 = 4 << 20;
+/// The word that means "end the call" wherever a menu name is expected (`then`, `next`).
+pub const HANGUP: &str = "hangup";
+
+/// Answers whether a prompt exists (a WAV file under `voice-prompts/`, named without `.wav`).
+pub trait PromptCatalog {
+    fn has_prompt(&self, name: &str) -> bool;
+    /// Every known prompt name, used for "did you mean" hints; a catalog that cannot list
+    /// its prompts cheaply may keep this default.
+    fn prompt_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl PromptCatalog for HashSet<String> {
+    fn has_prompt(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+    fn prompt_names(&self) -> Vec<String> {
+        self.iter().cloned().collect()
+    }
+}
+
+/// A catalog that has every prompt: for checking a dialplan's structure without prompt files.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnyPrompt;
+
+impl PromptCatalog for AnyPrompt {
+    fn has_prompt(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
+/// One problem in a dialplan file, at a 1-based line and column (columns count characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.severity,
+            self.message
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialplanError {
+    #[error("cannot read dialplan {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every diagnostic found (errors and warnings), ordered by position.
+    #[error("{}", render_diagnostics(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render_diagnostics(diags: &[Diagnostic]) -> String {
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let mut out = format!(
+        "invalid dialplan: {errors} error{}",
+        if errors == 1 { "" } else { "s" }
+    );
+    for d in diags {
+        out.push('\n');
+        out.push_str(&d.to_string());
+    }
+    out
+}
+
+/// Where the flow goes after a prompt: another menu, or the end of the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Menu(String),
+    Hangup,
+}
+
+/// What happens when an option is chosen, or when a menu runs out of attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Enter another menu (plays its prompt).
+    Goto { menu: String },
+    /// Play answer prompts, then continue.
+    Play { prompts: Vec<String>, then: Next },
+    /// Play `prompts` (e.g. "please hold", may be empty), then hand the call to `target`.
+    Transfer {
+        target: String,
+        prompts: Vec<String>,
+    },
+    /// Play `prompts` (e.g. "goodbye", may be empty), then hang up.
+    Hangup { prompts: Vec<String> },
+    /// Record an opt-out for the caller's number, play `prompts`, then continue.
+    OptOut { prompts: Vec<String>, then: Next },
+}
+
+/// One DTMF option of a menu. A table in the file, so later issues can add speech phrases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MenuOption {
+    /// Normalised key: digits `0-9`, `*`, `#`, `A-D` (upper case).
+    pub key: String,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MenuKind {
+    /// Plays its prompt and continues (a greeting, a notice).
+    Announcement { next: Next },
+    /// Plays its prompt and waits for a key.
+    Choice {
+        options: BTreeMap<String, MenuOption>,
+    },
+}
+
+/// A menu with every setting resolved (menu value, else `[defaults]`, else built-in default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Menu {
+    pub name: String,
+    /// Played back to back; never empty.
+    pub prompts: Vec<String>,
+    pub kind: MenuKind,
+    /// Whether a key press interrupts this menu's prompts (barge-in).
+    pub barge_in: bool,
+    /// Silence allowed after the prompt ends before it counts as a failed attempt.
+    pub no_input_timeout: Duration,
+    /// Silence allowed between the digits of a multi-digit key.
+    pub inter_digit_timeout: Duration,
+    /// Key that ends multi-digit input early; never part of an option key.
+    pub terminator: Option<char>,
+    /// Played before the menu prompt is repeated after silence (may be empty).
+    pub no_input_prompts: Vec<String>,
+    /// Played before the menu prompt is repeated after an unknown key (may be empty).
+    pub no_match_prompts: Vec<String>,
+    /// Failed attempts after which `final_action` runs.
+    pub max_attempts: u32,
+    pub final_action: Action,
+}
+
+/// How the digits collected so far relate to a menu's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyMatch<'a> {
+    /// The option whose key equals the input exactly.
+    pub exact: Option<&'a MenuOption>,
+    /// Whether some longer key starts with the input (more digits may follow).
+    pub longer: bool,
+}
+
+impl Menu {
+    /// The menu's options, empty for an announcement.
+    pub fn options(&self) -> impl Iterator<Item = &MenuOption> {
+        let options = match &self.kind {
+            MenuKind::Choice { options } => Some(options.values()),
+            MenuKind::Announcement { .. } => None,
+        };
+        options.into_iter().flatten()
+    }
+
+    /// Matches collected digits against this menu's keys.
+    pub fn lookup(&self, input: &str) -> KeyMatch<'_> {
+        let MenuKind::Choice { options } = &self.kind else {
+            return KeyMatch {
+                exact: None,
+                longer: false,
+            };
+        };
+        let exact = options.get(input);
+        // Keys are sorted, so the first key after `input` is the only candidate to extend it.
+        let longer = options
+            .range::<str, _>((std::ops::Bound::Excluded(input), std::ops::Bound::Unbounded))
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(input));
+        KeyMatch { exact, longer }
+    }
+}
+
+/// A validated dialplan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dialplan {
+    name: String,
+    entry: String,
+    menus: BTreeMap<String, Menu>,
+    prompts: BTreeSet<String>,
+}
+
+impl Dialplan {
+    /// Reads and validates a dialplan file. Warnings come back with the dialplan; any error
+    /// makes it [`DialplanError::Invalid`] with every diagnostic found.
+    pub fn load(
+        path: &Path,
+        prompts: &dyn PromptCatalog,
+    ) -> Result<(Dialplan, Vec<Diagnostic>), DialplanError> {
+        let io_error = |source| DialplanError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(io_error)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(io_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "larger than {} MiB; is this a dialplan?",
+                    MAX_FILE_BYTES >> 20
+                ),
+            )));
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => Self::parse_str(path, &text, prompts),
+            Err(err) => {
+                let valid = err.utf8_error().valid_up_to();
+                let bytes = err.as_bytes();
+                let prefix = String::from_utf8_lossy(bytes.get(..valid).unwrap_or_default());
+                let mut checker = Checker::new(path, &prefix, prompts);
+                checker.error(
+                    valid..valid,
+                    "the file is not valid UTF-8 (save it as UTF-8 text)".to_string(),
+                );
+                Err(DialplanError::Invalid(checker.diags))
+            }
+        }
+    }
+
+    /// Validates dialplan text; `file` is only used in diagnostics.
+    pub fn parse_str(
+        file: &Path,
+        text: &str,
+        prompts: &dyn PromptCatalog,
+    ) -> Result<(Dialplan, Vec<Diagnostic>), DialplanError> {
+        let mut checker = Checker::new(file, text, prompts);
+        let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+        if !syntax_errors.is_empty() {
+            for err in &syntax_errors {
+                let span = err.span().unwrap_or(0..0);
+                let message = syntax_message(err.message(), text, &span);
+                checker.error(span, message);
+            }
+            return Err(checker.into_invalid());
+        }
+        let default_name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "dialplan".to_string());
+        let dialplan = checker.document(doc.get_ref(), default_name);
+        checker.finish(dialplan)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The menu every call starts in.
+    pub fn entry(&self) -> &str {
+        &self.entry
+    }
+
+    pub fn menu(&self, name: &str) -> Option<&Menu> {
+        self.menus.get(name)
+    }
+
+    pub fn menus(&self) -> impl Iterator<Item = &Menu> {
+        self.menus.values()
+    }
+
+    pub fn menu_names(&self) -> impl Iterator<Item = &str> {
+        self.menus.keys().map(String::as_str)
+    }
+
+    /// Every prompt the dialplan refers to, each once, sorted.
+    pub fn prompt_names(&self) -> impl Iterator<Item = &str> {
+        self.prompts.iter().map(String::as_str)
+    }
+
+    /// Every transfer target the dialplan refers to, each once, sorted.
+    pub fn transfer_targets(&self) -> impl Iterator<Item = &str> {
+        let mut targets = BTreeSet::new();
+        for menu in self.menus.values() {
+            let actions = menu.options().map(|o| &o.action);
+            for action in actions.chain(std::iter::once(&menu.final_action)) {
+                if let Action::Transfer { target, .. } = action {
+                    targets.insert(target.as_str());
+                }
+            }
+        }
+        targets.into_iter()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+type Span = Range<usize>;
+type Key<'i> = Spanned<DeString<'i>>;
+type Item<'i> = Spanned<DeValue<'i>>;
+
+const TOP_FIELDS: &[&str] = &["name", "entry", "defaults", "menus"];
+const SETTING_FIELDS: &[&str] = &[
+    "barge_in",
+    "no_input_timeout",
+    "inter_digit_timeout",
+    "terminator",
+    "no_input_prompt",
+    "no_match_prompt",
+    "max_attempts",
+    "final",
+];
+const MENU_ONLY_FIELDS: &[&str] = &["prompt", "next", "options"];
+const ACTION_VERBS: &[&str] = &["goto", "play", "transfer", "hangup", "opt_out"];
+const ACTION_FIELDS: &[&str] = &[
+    "goto", "play", "transfer", "hangup", "opt_out", "then", "prompt",
+];
+
+/// Settings given in `[defaults]` or a menu; `None` where the table does not set them.
+#[derive(Default, Clone)]
+struct Settings {
+    barge_in: Option<bool>,
+    no_input_timeout: Option<Duration>,
+    inter_digit_timeout: Option<Duration>,
+    terminator: Option<Option<char>>,
+    no_input_prompts: Option<Vec<String>>,
+    no_match_prompts: Option<Vec<String>>,
+    max_attempts: Option<u32>,
+    final_action: Option<Action>,
+    /// Where each setting was given, to point warnings at it.
+    spans: Vec<(&'static str, Span)>,
+}
+
+/// A reference to a menu, checked once all menu names are known.
+struct MenuRef {
+    name: String,
+    span: Span,
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+    line_starts: Vec<usize>,
+    catalog: &'a dyn PromptCatalog,
+    diags: Vec<Diagnostic>,
+    /// Every menu name defined, valid or not (so a bad name is reported once, not at each use).
+    menu_names: BTreeSet<String>,
+    /// Where each menu is defined (its key in `[menus.<name>]`), for warnings about it.
+    menu_spans: HashMap<String, Span>,
+    menu_refs: Vec<MenuRef>,
+    prompt_refs: BTreeMap<String, Vec<Span>>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(file: &'a Path, text: &'a str, catalog: &'a dyn PromptCatalog) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i.saturating_add(1)))
+            .collect();
+        Checker {
+            file,
+            text,
+            line_starts,
+            catalog,
+            diags: Vec::new(),
+            menu_names: BTreeSet::new(),
+            menu_spans: HashMap::new(),
+            menu_refs: Vec::new(),
+            prompt_refs: BTreeMap::new(),
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while offset > 0 && !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self
+            .line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0)
+            .min(offset);
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(0, |s| s.chars().count());
+        (line.max(1), column.saturating_add(1))
+    }
+
+    fn push(&mut self, span: Span, severity: Severity, message: String) {
+        let (line, column) = self.position(span.start);
+        self.diags.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            severity,
+            message,
+        });
+    }
+
+    fn error(&mut self, span: Span, message: String) {
+        self.push(span, Severity::Error, message);
+    }
+
+    fn warning(&mut self, span: Span, message: String) {
+        self.push(span, Severity::Warning, message);
+    }
+
+    fn has_errors(&self) -> bool {
+        self.diags.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    fn sorted_diags(mut self) -> Vec<Diagnostic> {
+        self.diags.sort_by_key(|d| (d.line, d.column, d.severity));
+        self.diags
+    }
+
+    fn into_invalid(self) -> DialplanError {
+        DialplanError::Invalid(self.sorted_diags())
+    }
+
+    fn finish(
+        mut self,
+        dialplan: Option<Dialplan>,
+    ) -> Result<(Dialplan, Vec<Diagnostic>), DialplanError> {
+        self.check_menu_refs();
+        self.check_prompts();
+        match dialplan {
+            Some(dialplan) if !self.has_errors() => {
+                self.check_reachability(&dialplan);
+                Ok((dialplan, self.sorted_diags()))
+            }
+            _ => {
+                if !self.has_errors() {
+                    // Every path that drops the dialplan reports why; this keeps the contract
+                    // ("an Invalid error carries at least one error") even if one forgets to.
+                    self.error(0..0, "the dialplan is incomplete".to_string());
+                }
+                Err(self.into_invalid())
+            }
+        }
+    }
+
+    // --- generic value readers --------------------------------------------------------------
+
+    fn unknown_field(&mut self, key: &Key<'_>, allowed: &[&str], place: &str) {
+        let name = key.get_ref().as_ref();
+        let hint = match did_you_mean(name, allowed.iter().copied()) {
+            Some(s) => format!(" (did you mean '{s}'?)"),
+            None => format!("; expected one of: {}", allowed.join(", ")),
+        };
+        self.error(
+            key.span(),
+            format!("unknown field '{}' in {place}{hint}", printable(name)),
+        );
+    }
+
+    fn type_error(&mut self, value: &Item<'_>, field: &str, expected: &str) {
+        self.error(
+            value.span(),
+            format!(
+                "'{field}' must be {expected}, found {}",
+                value.get_ref().type_str()
+            ),
+        );
+    }
+
+    fn string(&mut self, value: &Item<'_>, field: &str) -> Option<String> {
+        match value.get_ref().as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                self.type_error(value, field, "a string");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, value: &Item<'_>, field: &str) -> Option<bool> {
+        match value.get_ref().as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.type_error(value, field, "true or false");
+                None
+            }
+        }
+    }
+
+    fn table<'v, 'i>(&mut self, value: &'v Item<'i>, field: &str) -> Option<&'v DeTable<'i>> {
+        match value.get_ref().as_table() {
+            Some(t) => Some(t),
+            None => {
+                self.type_error(value, field, "a table");
+                None
+            }
+        }
+    }
+
+    /// A duration in seconds (integer or decimal) within `range`.
+    fn seconds(&mut self, value: &Item<'_>, field: &str, range: (f64, f64)) -> Option<Duration> {
+        let secs = match value.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|v| v as f64),
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            _ => {
+                self.type_error(value, field, "a number of seconds");
+                return None;
+            }
+        };
+        match secs {
+            Some(s) if s.is_finite() && s >= range.0 && s <= range.1 => {
+                Some(Duration::from_secs_f64(s))
+            }
+            _ => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "'{field}' must be between {} and {} seconds",
+                        range.0, range.1
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn attempts(&mut self, value: &Item<'_>, field: &str) -> Option<u32> {
+        let DeValue::Integer(i) = value.get_ref() else {
+            self.type_error(value, field, "a whole number");
+            return None;
+        };
+        let (min, max) = MAX_ATTEMPTS_RANGE;
+        match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) if (min..=max).contains(&n) => u32::try_from(n).ok(),
+            _ => {
+                self.error(
+                    value.span(),
+                    format!("'{field}' must be between {min} and {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// One prompt name or a non-empty array of them; each is checked against the catalog
+    /// once the whole file has been read.
+    fn prompts(&mut self, value: &Item<'_>, field: &str) -> Option<Vec<String>> {
+        let items: Vec<&Item<'_>> = match value.get_ref() {
+            DeValue::String(_) => vec![value],
+            DeValue::Array(items) if !items.is_empty() => items.iter().collect(),
+            DeValue::Array(_) => {
+                self.error(
+                    value.span(),
+                    format!("'{field}' needs at least one prompt name"),
+                );
+                return None;
+            }
+            _ => {
+                self.type_error(value, field, "a prompt name or a list of prompt names");
+                return None;
+            }
+        };
+        let mut names = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            let Some(name) = item.get_ref().as_str() else {
+                self.type_error(item, field, "a prompt name (a string)");
+                ok = false;
+                continue;
+            };
+            match prompt_name_problem(name) {
+                Some(problem) => {
+                    self.error(
+                        item.span(),
+                        format!("invalid prompt name '{}': {problem}", printable(name)),
+                    );
+                    ok = false;
+                }
+                None => {
+                    self.prompt_refs
+                        .entry(name.to_string())
+                        .or_default()
+                        .push(item.span());
+                    names.push(name.to_string());
+                }
+            }
+        }
+        ok.then_some(names)
+    }
+
+    /// A menu name, or `hangup` where `allow_hangup`.
+    fn next(&mut self, value: &Item<'_>, field: &str) -> Option<Next> {
+        let name = self.string(value, field)?;
+        if name == HANGUP {
+            return Some(Next::Hangup);
+        }
+        Some(Next::Menu(self.menu_ref(name, value.span())))
+    }
+
+    fn menu_ref(&mut self, name: String, span: Span) -> String {
+        self.menu_refs.push(MenuRef {
+            name: name.clone(),
+            span,
+        });
+        name
+    }
+
+    // --- document structure -----------------------------------------------------------------
+
+    fn document(&mut self, doc: &DeTable<'_>, default_name: String) -> Option<Dialplan> {
+        let mut name = Some(default_name);
+        let mut entry = None;
+        let mut defaults_table = None;
+        let mut menus_table = None;
+        for (key, value) in doc.iter() {
+            match key.get_ref().as_ref() {
+                "name" => {
+                    name = self.string(value, "name");
+                    if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                        self.error(value.span(), "'name' must not be empty".to_string());
+                        name = None;
+                    }
+                }
+                "entry" => {
+                    entry = self
+                        .string(value, "entry")
+                        .map(|n| self.menu_ref(n, value.span()));
+                }
+                "defaults" => defaults_table = self.table(value, "defaults"),
+                "menus" => menus_table = Some(self.table(value, "menus")),
+                _ => self.unknown_field(key, TOP_FIELDS, "the dialplan"),
+            }
+        }
+        if entry.is_none() && !doc.contains_key("entry") {
+            self.error(
+                0..0,
+                "missing 'entry': name the menu calls start in, e.g. entry = \"greeting\""
+                    .to_string(),
+            );
+        }
+        let menus_table = match menus_table {
+            Some(table) => table,
+            None => {
+                self.error(
+                    0..0,
+                    "no menus: define at least one, e.g. [menus.main] with a prompt and options"
+                        .to_string(),
+                );
+                None
+            }
+        };
+        if let Some(table) = menus_table {
+            for key in table.keys() {
+                self.menu_names.insert(key.get_ref().to_string());
+                self.menu_spans
+                    .insert(key.get_ref().to_string(), key.span());
+            }
+        }
+
+        let defaults = defaults_table.map(|t| self.defaults(t)).unwrap_or_default();
+        let mut menus = BTreeMap::new();
+        let mut all_ok = true;
+        if let Some(table) = menus_table {
+            if table.is_empty() {
+                self.error(
+                    0..0,
+                    "[menus] is empty: define at least one menu".to_string(),
+                );
+            }
+            for (key, value) in table.iter() {
+                match self.menu(key, value, &defaults) {
+                    Some(menu) => {
+                        menus.insert(menu.name.clone(), menu);
+                    }
+                    None => all_ok = false,
+                }
+            }
+        }
+        let prompts = self.prompt_refs.keys().cloned().collect();
+        match (name, entry, all_ok) {
+            (Some(name), Some(entry), true) if menus_table.is_some() => Some(Dialplan {
+                name,
+                entry,
+                menus,
+                prompts,
+            }),
+            _ => None,
+        }
+    }
+
+    fn defaults(&mut self, table: &DeTable<'_>) -> Settings {
+        let mut settings = Settings::default();
+        for (key, value) in table.iter() {
+            if !self.setting(&mut settings, key, value, "[defaults]") {
+                let hint = if MENU_ONLY_FIELDS.contains(&key.get_ref().as_ref()) {
+                    format!(
+                        "'{}' belongs in a menu, not in [defaults]",
+                        key.get_ref().as_ref()
+                    )
+                } else {
+                    String::new()
+                };
+                if hint.is_empty() {
+                    self.unknown_field(key, SETTING_FIELDS, "[defaults]");
+                } else {
+                    self.error(key.span(), hint);
+                }
+            }
+        }
+        settings
+    }
+
+    /// Reads one setting into `settings`; false when `key` is not a setting.
+    fn setting(
+        &mut self,
+        settings: &mut Settings,
+        key: &Key<'_>,
+        value: &Item<'_>,
+        place: &str,
+    ) -> bool {
+        let field = key.get_ref().as_ref();
+        let span = key.span();
+        match field {
+            "barge_in" => settings.barge_in = self.boolean(value, field),
+            "no_input_timeout" => {
+                settings.no_input_timeout = self.seconds(value, field, NO_INPUT_TIMEOUT_RANGE)
+            }
+            "inter_digit_timeout" => {
+                settings.inter_digit_timeout = self.seconds(value, field, INTER_DIGIT_TIMEOUT_RANGE)
+            }
+            "terminator" => settings.terminator = self.terminator(value),
+            "no_input_prompt" => settings.no_input_prompts = self.prompts(value, field),
+            "no_match_prompt" => settings.no_match_prompts = self.prompts(value, field),
+            "max_attempts" => settings.max_attempts = self.attempts(value, field),
+            "final" => {
+                settings.final_action = self.action(value, &format!("'final' in {place}"), None)
+            }
+            _ => return false,
+        }
+        if let Some(name) = SETTING_FIELDS.iter().find(|f| **f == field) {
+            settings.spans.push((name, span));
+        }
+        true
+    }
+
+    fn terminator(&mut self, value: &Item<'_>) -> Option<Option<char>> {
+        let text = self.string(value, "terminator")?;
+        if text == "none" {
+            return Some(None);
+        }
+        let mut chars = text.chars();
+        match (chars.next().map(normalize_dtmf), chars.next()) {
+            (Some(Some(c)), None) => Some(Some(c)),
+            _ => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "invalid terminator '{}': use one DTMF key (usually \"#\") or \"none\"",
+                        printable(&text)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn menu(&mut self, key: &Key<'_>, value: &Item<'_>, defaults: &Settings) -> Option<Menu> {
+        let name = key.get_ref().to_string();
+        let name_ok = match menu_name_problem(&name) {
+            Some(problem) => {
+                self.error(
+                    key.span(),
+                    format!("invalid menu name '{}': {problem}", printable(&name)),
+                );
+                false
+            }
+            None => true,
+        };
+        let Some(table) = value.get_ref().as_table() else {
+            self.error(
+                value.span(),
+                format!(
+                    "menu '{}' must be a table ([menus.{}] followed by its fields)",
+                    printable(&name),
+                    printable(&name)
+                ),
+            );
+            return None;
+        };
+        let place = format!("menu '{}'", printable(&name));
+        let mut settings = Settings::default();
+        let mut prompt = None;
+        let mut prompt_present = false;
+        let mut next = None;
+        let mut options_item = None;
+        let mut ok = name_ok;
+        for (field_key, field_value) in table.iter() {
+            match field_key.get_ref().as_ref() {
+                "prompt" => {
+                    prompt_present = true;
+                    prompt = self.prompts(field_value, "prompt");
+                    ok &= prompt.is_some();
+                }
+                "next" => {
+                    next = self.next(field_value, "next");
+                    ok &= next.is_some();
+                }
+                "options" => options_item = Some((field_key, field_value)),
+                _ => {
+                    if !self.setting(&mut settings, field_key, field_value, &place) {
+                        let allowed: Vec<&str> = MENU_ONLY_FIELDS
+                            .iter()
+                            .chain(SETTING_FIELDS)
+                            .copied()
+                            .collect();
+                        self.unknown_field(field_key, &allowed, &place);
+                        ok = false;
+                    }
+                }
+            }
+        }
+        if !prompt_present {
+            self.error(
+                key.span(),
+                format!(
+                    "menu '{}' has no 'prompt' (the prompt name(s) to play)",
+                    printable(&name)
+                ),
+            );
+            ok = false;
+        }
+
+        let terminator = settings
+            .terminator
+            .or(defaults.terminator)
+            .unwrap_or(Some(DEFAULT_TERMINATOR));
+        let inter_digit_timeout = settings
+            .inter_digit_timeout
+            .or(defaults.inter_digit_timeout)
+            .unwrap_or(DEFAULT_INTER_DIGIT_TIMEOUT);
+
+        let kind = match (next, options_item, table.contains_key("next")) {
+            (_, Some((options_key, _)), true) => {
+                self.error(
+                    options_key.span(),
+                    format!(
+                        "menu '{}' has both 'next' and 'options': a menu either waits for a key \
+                         (options) or continues when its prompt ends (next)",
+                        printable(&name)
+                    ),
+                );
+                None
+            }
+            (Some(next), None, _) => {
+                self.warn_unused_settings(&settings, &name);
+                Some(MenuKind::Announcement { next })
+            }
+            (None, None, true) => None, // a bad 'next' was already reported
+            (None, None, false) => {
+                self.error(
+                    key.span(),
+                    format!(
+                        "menu '{}' has neither 'options' nor 'next': add [menus.{}.options] \
+                         or next = \"<menu>\"",
+                        printable(&name),
+                        printable(&name)
+                    ),
+                );
+                None
+            }
+            (_, Some((_, options_value)), false) => self
+                .options(&name, options_value, terminator, inter_digit_timeout)
+                .map(|options| MenuKind::Choice { options }),
+        };
+
+        let final_action = settings
+            .final_action
+            .or_else(|| defaults.final_action.clone())
+            .unwrap_or(Action::Hangup {
+                prompts: Vec::new(),
+            });
+        let menu = Menu {
+            name: name.clone(),
+            prompts: prompt.unwrap_or_default(),
+            kind: kind?,
+            barge_in: settings.barge_in.or(defaults.barge_in).unwrap_or(true),
+            no_input_timeout: settings
+                .no_input_timeout
+                .or(defaults.no_input_timeout)
+                .unwrap_or(DEFAULT_NO_INPUT_TIMEOUT),
+            inter_digit_timeout,
+            terminator,
+            no_input_prompts: settings
+                .no_input_prompts
+                .or_else(|| defaults.no_input_prompts.clone())
+                .unwrap_or_default(),
+            no_match_prompts: settings
+                .no_match_prompts
+                .or_else(|| defaults.no_match_prompts.clone())
+                .unwrap_or_default(),
+            max_attempts: settings
+                .max_attempts
+                .or(defaults.max_attempts)
+                .unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            final_action,
+        };
+        ok.then_some(menu)
+    }
+
+    /// Settings that only matter while waiting for keys mean nothing in an announcement.
+    fn warn_unused_settings(&mut self, settings: &Settings, menu: &str) {
+        for (field, span) in &settings.spans {
+            if *field != "barge_in" {
+                self.warning(
+                    span.clone(),
+                    format!(
+                        "'{field}' has no effect in menu '{}', which has no options",
+                        printable(menu)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn options(
+        &mut self,
+        menu: &str,
+        value: &Item<'_>,
+        terminator: Option<char>,
+        inter_digit_timeout: Duration,
+    ) -> Option<BTreeMap<String, MenuOption>> {
+        let table = self.table(value, "options")?;
+        if table.is_empty() {
+            self.error(
+                value.span(),
+                format!("menu '{}' has an empty options table", printable(menu)),
+            );
+            return None;
+        }
+        let mut options = BTreeMap::new();
+        let mut key_spans: HashMap<String, Span> = HashMap::new();
+        let mut ok = true;
+        for (key, option_value) in table.iter() {
+            let raw = key.get_ref().as_ref();
+            let place = format!("option '{}' of menu '{}'", printable(raw), printable(menu));
+            let action = self.action(option_value, &place, Some(Next::Menu(menu.to_string())));
+            let normalized = match dtmf_key_problem(raw, terminator) {
+                Ok(k) => k,
+                Err(problem) => {
+                    self.error(
+                        key.span(),
+                        format!(
+                            "invalid key '{}' in menu '{}': {problem}",
+                            printable(raw),
+                            printable(menu)
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            if let Some(first) = key_spans.get(&normalized) {
+                let (line, column) = self.position(first.start);
+                self.error(
+                    key.span(),
+                    format!(
+                        "duplicate key '{normalized}' in menu '{}' (first defined at {line}:{column})",
+                        printable(menu)
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            key_spans.insert(normalized.clone(), key.span());
+            match action {
+                Some(action) => {
+                    options.insert(
+                        normalized.clone(),
+                        MenuOption {
+                            key: normalized,
+                            action,
+                        },
+                    );
+                }
+                None => ok = false,
+            }
+        }
+        if terminator.is_none() {
+            // The flow waits the inter-digit timeout on a key that a longer key extends, so
+            // such a key works, only slowly; without a terminator the caller cannot hurry it.
+            for (key, span) in &key_spans {
+                if let Some(longer) = key_spans
+                    .keys()
+                    .filter(|other| other.len() > key.len() && other.starts_with(key.as_str()))
+                    .min()
+                {
+                    self.warning(
+                        span.clone(),
+                        format!(
+                            "key '{key}' is a prefix of '{longer}' in menu '{}' and the menu has \
+                             no terminator: callers who press {key} wait the inter-digit timeout \
+                             ({}s) before it is chosen",
+                            printable(menu),
+                            inter_digit_timeout.as_secs_f64()
+                        ),
+                    );
+                }
+            }
+        }
+        ok.then_some(options)
+    }
+
+    /// An action table. `default_then` is where `play`/`opt_out` continue without `then`:
+    /// the option's own menu, or `None` for a menu's final action (which then hangs up).
+    fn action(
+        &mut self,
+        value: &Item<'_>,
+        place: &str,
+        default_then: Option<Next>,
+    ) -> Option<Action> {
+        let Some(table) = value.get_ref().as_table() else {
+            self.error(
+                value.span(),
+                format!(
+                    "{place} must be a table such as {{ goto = \"menu\" }}, {{ play = \"prompt\" }}, \
+                     {{ transfer = \"agents\" }}, {{ hangup = true }} or {{ opt_out = true }}; found {}",
+                    value.get_ref().type_str()
+                ),
+            );
+            return None;
+        };
+        let mut verb: Option<(&str, &Item<'_>)> = None;
+        let mut then = None;
+        let mut prompt = None;
+        let mut ok = true;
+        for (key, field_value) in table.iter() {
+            let field = key.get_ref().as_ref();
+            if let Some(v) = ACTION_VERBS.iter().find(|v| **v == field) {
+                match verb {
+                    Some((first, _)) => {
+                        self.error(
+                            key.span(),
+                            format!(
+                                "{place} has both '{first}' and '{field}': an option does one thing"
+                            ),
+                        );
+                        ok = false;
+                    }
+                    None => verb = Some((v, field_value)),
+                }
+            } else if field == "then" {
+                then = Some((key, field_value));
+            } else if field == "prompt" {
+                prompt = Some((key, field_value));
+            } else {
+                self.unknown_field(key, ACTION_FIELDS, place);
+                ok = false;
+            }
+        }
+        let Some((verb, verb_value)) = verb else {
+            self.error(
+                value.span(),
+                format!(
+                    "{place} has no action: add one of {}",
+                    ACTION_VERBS.join(", ")
+                ),
+            );
+            return None;
+        };
+        let takes_then = matches!(verb, "play" | "opt_out");
+        let takes_prompt = matches!(verb, "transfer" | "hangup" | "opt_out");
+        if let (false, Some((key, _))) = (takes_then, then) {
+            self.error(
+                key.span(),
+                format!("'then' does not apply to '{verb}' (only to play and opt_out)"),
+            );
+            ok = false;
+        }
+        if let (false, Some((key, _))) = (takes_prompt, prompt) {
+            let hint = match verb {
+                "play" => "list every prompt in play = [\"a\", \"b\"]",
+                _ => "to play something first, use play = \"...\" with then = \"<menu>\"",
+            };
+            self.error(
+                key.span(),
+                format!("'prompt' does not apply to '{verb}': {hint}"),
+            );
+            ok = false;
+        }
+        let then = match then {
+            Some((_, v)) if takes_then => self.next(v, "then"),
+            _ => Some(default_then.unwrap_or(Next::Hangup)),
+        };
+        let prompts = match prompt {
+            Some((_, v)) if takes_prompt => self.prompts(v, "prompt"),
+            _ => Some(Vec::new()),
+        };
+        let action = match verb {
+            "goto" => {
+                let menu = self.string(verb_value, "goto")?;
+                if menu == HANGUP {
+                    self.error(
+                        verb_value.span(),
+                        "goto needs a menu; to end the call use { hangup = true }".to_string(),
+                    );
+                    return None;
+                }
+                Action::Goto {
+                    menu: self.menu_ref(menu, verb_value.span()),
+                }
+            }
+            "play" => Action::Play {
+                prompts: self.prompts(verb_value, "play")?,
+                then: then?,
+            },
+            "transfer" => {
+                let target = self.string(verb_value, "transfer")?;
+                if let Some(problem) = target_problem(&target) {
+                    self.error(
+                        verb_value.span(),
+                        format!(
+                            "invalid transfer target '{}': {problem}",
+                            printable(&target)
+                        ),
+                    );
+                    return None;
+                }
+                Action::Transfer {
+                    target,
+                    prompts: prompts?,
+                }
+            }
+            "hangup" => {
+                if !self.true_flag(verb_value, "hangup")? {
+                    return None;
+                }
+                Action::Hangup { prompts: prompts? }
+            }
+            _ => {
+                if !self.true_flag(verb_value, "opt_out")? {
+                    return None;
+                }
+                Action::OptOut {
+                    prompts: prompts?,
+                    then: then?,
+                }
+            }
+        };
+        ok.then_some(action)
+    }
+
+    /// `hangup = true` / `opt_out = true`: `false` would be an option that does nothing.
+    fn true_flag(&mut self, value: &Item<'_>, field: &str) -> Option<bool> {
+        let flag = self.boolean(value, field)?;
+        if !flag {
+            self.error(
+                value.span(),
+                format!("{field} = false does nothing: write {field} = true or remove the option"),
+            );
+        }
+        Some(flag)
+    }
+
+    // --- cross-checks once everything is read -----------------------------------------------
+
+    fn check_menu_refs(&mut self) {
+        let refs = std::mem::take(&mut self.menu_refs);
+        for r in refs {
+            if self.menu_names.contains(&r.name) {
+                continue;
+            }
+            let hint = did_you_mean(&r.name, self.menu_names.iter().map(String::as_str))
+                .map(|s| format!(" (did you mean '{s}'?)"))
+                .unwrap_or_default();
+            self.error(
+                r.span,
+                format!("unknown menu '{}'{hint}", printable(&r.name)),
+            );
+        }
+    }
+
+    fn check_prompts(&mut self) {
+        let refs = std::mem::take(&mut self.prompt_refs);
+        let mut known: Option<Vec<String>> = None;
+        for (name, spans) in &refs {
+            if self.catalog.has_prompt(name) {
+                continue;
+            }
+            let known = known.get_or_insert_with(|| self.catalog.prompt_names());
+            let hint = did_you_mean(name, known.iter().map(String::as_str))
+                .map(|s| format!(" (did you mean '{s}'?)"))
+                .unwrap_or_default();
+            for span in spans {
+                self.error(
+                    span.clone(),
+                    format!(
+                        "missing prompt '{}': no {}.wav in the prompt directory{hint}",
+                        printable(name),
+                        printable(name)
+                    ),
+                );
+            }
+        }
+        self.prompt_refs = refs;
+    }
+
+    /// Warns about menus no call can reach from the entry menu.
+    fn check_reachability(&mut self, dialplan: &Dialplan) {
+        let mut seen = BTreeSet::new();
+        let mut queue = VecDeque::from([dialplan.entry.as_str()]);
+        while let Some(name) = queue.pop_front() {
+            if !seen.insert(name) {
+                continue;
+            }
+            let Some(menu) = dialplan.menus.get(name) else {
+                continue;
+            };
+            let mut targets = Vec::new();
+            match &menu.kind {
+                MenuKind::Announcement { next } => {
+                    if let Next::Menu(m) = next {
+                        targets.push(m.as_str());
+                    }
+                }
+                MenuKind::Choice { options } => {
+                    for option in options.values() {
+                        action_targets(&option.action, &mut targets);
+                    }
+                    action_targets(&menu.final_action, &mut targets);
+                }
+            }
+            queue.extend(targets);
+        }
+        let unreachable: Vec<String> = dialplan
+            .menus
+            .keys()
+            .filter(|m| !seen.contains(m.as_str()))
+            .cloned()
+            .collect();
+        for name in unreachable {
+            let span = self.menu_spans.get(&name).cloned().unwrap_or(0..0);
+            self.warning(
+                span,
+                format!(
+                    "menu '{}' is unreachable from the entry menu '{}'",
+                    printable(&name),
+                    printable(&dialplan.entry)
+                ),
+            );
+        }
+    }
+}
+
+/// Menus an action can lead to.
+fn action_targets<'a>(action: &'a Action, out: &mut Vec<&'a str>) {
+    match action {
+        Action::Goto { menu }
+        | Action::Play {
+            then: Next::Menu(menu),
+            ..
+        }
+        | Action::OptOut {
+            then: Next::Menu(menu),
+            ..
+        } => out.push(menu),
+        _ => {}
+    }
+}
+
+/// Makes toml's syntax messages actionable: names the duplicated key.
+fn syntax_message(message: &str, text: &str, span: &Span) -> String {
+    if message.starts_with("duplicate key") {
+        let key = text.get(span.clone()).unwrap_or("").trim();
+        if !key.is_empty() {
+            return format!(
+                "duplicate key {}: each key and each [table] may appear only once \
+                 (in an options table, \"1\" and 1 are the same key)",
+                printable(key)
+            );
+        }
+    }
+    format!("TOML syntax: {message}")
+}
+
+/// Keeps control characters and huge strings out of diagnostics.
+fn printable(s: &str) -> String {
+    const MAX: usize = 60;
+    let mut out: String = s
+        .chars()
+        .take(MAX)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if s.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Upper-cases `a-d`; `None` for anything that is not a DTMF key.
+pub fn normalize_dtmf(c: char) -> Option<char> {
+    match c {
+        '0'..='9' | '*' | '#' | 'A'..='D' => Some(c),
+        'a'..='d' => Some(c.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+/// Normalises an option key or says what is wrong with it.
+fn dtmf_key_problem(key: &str, terminator: Option<char>) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("a key needs at least one digit".to_string());
+    }
+    if key.chars().count() > MAX_KEY_LEN {
+        return Err(format!("keys are at most {MAX_KEY_LEN} digits"));
+    }
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        let Some(d) = normalize_dtmf(c) else {
+            return Err(format!(
+                "'{}' is not a DTMF key (use 0-9, *, # and A-D)",
+                c.escape_default()
+            ));
+        };
+        if Some(d) == terminator {
+            return Err(format!(
+                "'{d}' is this menu's terminator (it ends multi-digit input); \
+                 set terminator = \"none\" or another key to use it in an option"
+            ));
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+fn menu_name_problem(name: &str) -> Option<String> {
+    if name == HANGUP {
+        return Some(format!(
+            "'{HANGUP}' is reserved (then = \"{HANGUP}\" ends the call)"
+        ));
+    }
+    if name.is_empty() || name.len() > 64 {
+        return Some("use 1 to 64 characters".to_string());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Some("use letters, digits, '-' and '_'".to_string());
+    }
+    None
+}
+
+/// Prompt names map to files under the prompt directory, so they must stay inside it.
+fn prompt_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".to_string());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Some(format!("use at most {MAX_NAME_LEN} characters"));
+    }
+    if let Some(stem) = name.strip_suffix(".wav") {
+        return Some(format!("write it without .wav: '{}'", printable(stem)));
+    }
+    for segment in name.split('/') {
+        if segment.is_empty() || segment.starts_with('.') {
+            return Some(
+                "use names like \"main-menu\" or \"en/main-menu\" (no leading, trailing or \
+                 double '/', no segment starting with '.')"
+                    .to_string(),
+            );
+        }
+        if !segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Some("use letters, digits, '-', '_', '.' and '/'".to_string());
+        }
+    }
+    None
+}
+
+fn target_problem(target: &str) -> Option<String> {
+    if target.is_empty() || target.len() > 64 {
+        return Some("use 1 to 64 characters".to_string());
+    }
+    let first_ok = target
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '+');
+    if !first_ok
+        || !target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '@'))
+    {
+        return Some(
+            "use a name like \"agents\" (letters, digits, '-', '_', '.', '+', '@')".to_string(),
+        );
+    }
+    None
+}
+
+/// The closest candidate within a small edit distance (transpositions count once).
+fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    let word: Vec<char> = word.to_lowercase().chars().collect();
+    if word.is_empty() || word.len() > 64 {
+        return None;
+    }
+    let limit = (word.len() / 3).max(1);
+    candidates
+        .into_iter()
+        .filter_map(|c| {
+            let chars: Vec<char> = c.to_lowercase().chars().collect();
+            if chars.len() > 64 {
+                return None;
+            }
+            let d = edit_distance(&word, &chars);
+            (d <= limit).then_some((d, c))
+        })
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// Optimal string alignment distance.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let width = b.len() + 1;
+    let mut rows = vec![0usize; (a.len() + 1) * width];
+    let at = |i: usize, j: usize| i * width + j;
+    for i in 0..=a.len() {
+        rows[at(i, 0)] = i;
+    }
+    for j in 0..=b.len() {
+        rows[at(0, j)] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[at(i - 1, j)] + 1)
+                .min(rows[at(i, j - 1)] + 1)
+                .min(rows[at(i - 1, j - 1)] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[at(i - 2, j - 2)] + 1);
+            }
+            rows[at(i, j)] = best;
+        }
+    }
+    rows[at(a.len(), b.len())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "dialplans/t.toml";
+
+    fn parse(text: &str) -> Result<(Dialplan, Vec<Diagnostic>), DialplanError> {
+        Dialplan::parse_str(Path::new(FILE), text, &AnyPrompt)
+    }
+
+    fn ok(text: &str) -> (Dialplan, Vec<Diagnostic>) {
+        match parse(text) {
+            Ok(v) => v,
+            Err(e) => panic!("expected a valid dialplan, got:\n{e}"),
+        }
+    }
+
+    fn diags(text: &str) -> Vec<Diagnostic> {
+        match parse(text) {
+            Err(DialplanError::Invalid(d)) => d,
+            Err(e) => panic!("expected Invalid, got {e}"),
+            Ok(_) => panic!("expected errors, the dialplan was accepted"),
+        }
+    }
+
+    /// The one diagnostic whose message contains `needle` (fails if none or several).
+    fn one<'d>(diags: &'d [Diagnostic], needle: &str) -> &'d Diagnostic {
+        let found: Vec<&Diagnostic> = diags
+            .iter()
+            .filter(|d| d.message.contains(needle))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "want exactly one diagnostic containing {needle:?}, got: {diags:#?}"
+        );
+        found[0]
+    }
+
+    fn at(d: &Diagnostic) -> (usize, usize) {
+        (d.line, d.column)
+    }
+
+    fn menu<'d>(plan: &'d Dialplan, name: &str) -> &'d Menu {
+        plan.menu(name).unwrap_or_else(|| panic!("no menu {name}"))
+    }
+
+    fn option<'d>(plan: &'d Dialplan, menu_name: &str, key: &str) -> &'d Action {
+        &menu(plan, menu_name)
+            .lookup(key)
+            .exact
+            .unwrap_or_else(|| panic!("no key {key} in {menu_name}"))
+            .action
+    }
+
+    fn repo_root() -> PathBuf {
+        // file!() is relative to the package root in the main crate and absolute when this
+        // file is mounted elsewhere by #[path]; either way the repo is three levels up.
+        let here = Path::new(file!());
+        let here = if here.is_absolute() {
+            here.to_path_buf()
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(here)
+        };
+        here.ancestors().nth(3).expect("repo root").to_path_buf()
+    }
+
+    const MINIMAL: &str = r#"
+entry = "main"
+[menus.main]
+prompt = "main-menu"
+options.1 = { hangup = true }
+"#;
+
+    #[test]
+    fn minimal_menu_gets_builtin_defaults() {
+        let (plan, warnings) = ok(MINIMAL);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(plan.name(), "t", "name defaults to the file stem");
+        assert_eq!(plan.entry(), "main");
+        let m = menu(&plan, "main");
+        assert_eq!(m.prompts, vec!["main-menu"]);
+        assert_eq!(m.no_input_timeout, Duration::from_secs(5));
+        assert_eq!(m.inter_digit_timeout, Duration::from_secs(2));
+        assert_eq!(m.max_attempts, 3);
+        assert_eq!(m.terminator, Some('#'));
+        assert!(m.barge_in);
+        assert!(m.no_input_prompts.is_empty() && m.no_match_prompts.is_empty());
+        assert_eq!(m.final_action, Action::Hangup { prompts: vec![] });
+        assert_eq!(
+            option(&plan, "main", "1"),
+            &Action::Hangup { prompts: vec![] }
+        );
+    }
+
+    #[test]
+    fn menu_settings_override_defaults_which_override_builtins() {
+        let (plan, _) = ok(r#"
+name = "bank"
+entry = "a"
+[defaults]
+no_input_timeout = 7
+inter_digit_timeout = 1.5
+max_attempts = 2
+barge_in = false
+terminator = "*"
+no_input_prompt = "ni"
+no_match_prompt = ["nm1", "nm2"]
+final = { transfer = "agents" }
+[menus.a]
+prompt = "pa"
+options.1 = { goto = "b" }
+[menus.b]
+prompt = ["pb1", "en/pb2"]
+no_input_timeout = 3.25
+max_attempts = 5
+barge_in = true
+terminator = "none"
+no_match_prompt = "other"
+final = { play = "sorry" }
+options.1 = { goto = "a" }
+"#);
+        assert_eq!(plan.name(), "bank");
+        let a = menu(&plan, "a");
+        assert_eq!(a.no_input_timeout, Duration::from_secs(7));
+        assert_eq!(a.inter_digit_timeout, Duration::from_millis(1500));
+        assert_eq!(a.max_attempts, 2);
+        assert!(!a.barge_in);
+        assert_eq!(a.terminator, Some('*'));
+        assert_eq!(a.no_input_prompts, vec!["ni"]);
+        assert_eq!(a.no_match_prompts, vec!["nm1", "nm2"]);
+        assert_eq!(
+            a.final_action,
+            Action::Transfer {
+                target: "agents".into(),
+                prompts: vec![]
+            }
+        );
+        let b = menu(&plan, "b");
+        assert_eq!(b.prompts, vec!["pb1", "en/pb2"]);
+        assert_eq!(b.no_input_timeout, Duration::from_millis(3250));
+        assert_eq!(b.inter_digit_timeout, Duration::from_millis(1500));
+        assert_eq!(b.max_attempts, 5);
+        assert!(b.barge_in);
+        assert_eq!(b.terminator, None);
+        assert_eq!(b.no_input_prompts, vec!["ni"], "inherited from [defaults]");
+        assert_eq!(b.no_match_prompts, vec!["other"]);
+        // A final `play` without `then` hangs up (going back would loop the failed menu).
+        assert_eq!(
+            b.final_action,
+            Action::Play {
+                prompts: vec!["sorry".into()],
+                then: Next::Hangup
+            }
+        );
+        let prompts: Vec<&str> = plan.prompt_names().collect();
+        assert_eq!(
+            prompts,
+            vec!["en/pb2", "ni", "nm1", "nm2", "other", "pa", "pb1", "sorry"]
+        );
+        assert_eq!(plan.transfer_targets().collect::<Vec<_>>(), vec!["agents"]);
+    }
+
+    #[test]
+    fn every_action_form_parses() {
+        let (plan, _) = ok(r#"
+entry = "m"
+[menus.m]
+prompt = "p"
+[menus.m.options]
+1 = { play = "ans" }
+2 = { play = ["a1", "a2"], then = "other" }
+3 = { play = "bye", then = "hangup" }
+4 = { goto = "other" }
+5 = { transfer = "agents", prompt = "hold" }
+6 = { transfer = "+15551234" }
+7 = { hangup = true, prompt = "goodbye" }
+8 = { opt_out = true }
+9 = { opt_out = true, prompt = ["ok", "goodbye"], then = "hangup" }
+[menus.other]
+prompt = "o"
+next = "m"
+"#);
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let back = Next::Menu("m".into());
+        assert_eq!(
+            option(&plan, "m", "1"),
+            &Action::Play {
+                prompts: s(&["ans"]),
+                then: back.clone()
+            }
+        );
+        assert_eq!(
+            option(&plan, "m", "2"),
+            &Action::Play {
+                prompts: s(&["a1", "a2"]),
+                then: Next::Menu("other".into())
+            }
+        );
+        assert_eq!(
+            option(&plan, "m", "3"),
+            &Action::Play {
+                prompts: s(&["bye"]),
+                then: Next::Hangup
+            }
+        );
+        assert_eq!(
+            option(&plan, "m", "4"),
+            &Action::Goto {
+                menu: "other".into()
+            }
+        );
+        assert_eq!(
+            option(&plan, "m", "5"),
+            &Action::Transfer {
+                target: "agents".into(),
+                prompts: s(&["hold"])
+            }
+        );
+        assert_eq!(
+            option(&plan, "m", "6"),
+            &Action::Transfer {
+                target: "+15551234".into(),
+                prompts: vec![]
+            }
+        );
+        assert_eq!(
+            option(&plan, "m", "7"),
+            &Action::Hangup {
+                prompts: s(&["goodbye"])
+            }
+        );
+        assert_eq!(
+            option(&plan, "m", "8"),
+            &Action::OptOut {
+                prompts: vec![],
+                then: back
+            }
+        );
+        assert_eq!(
+            option(&plan, "m", "9"),
+            &Action::OptOut {
+                prompts: s(&["ok", "goodbye"]),
+                then: Next::Hangup
+            }
+        );
+        assert_eq!(
+            menu(&plan, "other").kind,
+            MenuKind::Announcement {
+                next: Next::Menu("m".into())
+            }
+        );
+    }
+
+    #[test]
+    fn lookup_reports_exact_and_longer_keys() {
+        let (plan, _) = ok(r#"
+entry = "m"
+[menus.m]
+prompt = "p"
+[menus.m.options]
+1 = { hangup = true }
+12 = { hangup = true }
+2 = { hangup = true }
+"#);
+        let m = menu(&plan, "m");
+        let l = m.lookup("1");
+        assert!(
+            l.exact.is_some() && l.longer,
+            "1 is a key and 12 extends it"
+        );
+        let l = m.lookup("12");
+        assert!(l.exact.is_some() && !l.longer);
+        let l = m.lookup("2");
+        assert!(l.exact.is_some() && !l.longer);
+        let l = m.lookup("3");
+        assert!(l.exact.is_none() && !l.longer);
+        let l = m.lookup("");
+        assert!(l.exact.is_none() && l.longer);
+    }
+
+    #[test]
+    fn lower_case_keys_are_normalised() {
+        let (plan, _) = ok(r#"
+entry = "m"
+[menus.m]
+prompt = "p"
+options.a = { hangup = true }
+options."*" = { hangup = true }
+"#);
+        let keys: Vec<&str> = menu(&plan, "m").options().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, vec!["*", "A"]);
+    }
+
+    #[test]
+    fn syntax_error_has_tomls_position() {
+        let d = diags("entry = \"main\"\n[menus.main\nprompt = \"p\"\n");
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].severity, Severity::Error);
+        assert_eq!(at(&d[0]), (2, 12));
+        assert!(
+            d[0].message.starts_with("TOML syntax: "),
+            "{}",
+            d[0].message
+        );
+    }
+
+    #[test]
+    fn every_syntax_error_is_reported() {
+        let d = diags("entry = \"m\"\na = \"\\q\"\nb = [1, 2\nc = 3\n");
+        assert!(d.len() >= 2, "{d:#?}");
+        assert_eq!(at(&d[0]).0, 2);
+        assert!(d.iter().any(|x| x.line >= 3), "{d:#?}");
+        assert!(d.iter().all(|x| x.message.starts_with("TOML syntax")));
+    }
+
+    #[test]
+    fn repeated_toml_key_reaches_the_user_with_its_line() {
+        let d = diags(
+            "entry = \"m\"\n[menus.m]\nprompt = \"p\"\n[menus.m.options]\n1 = { hangup = true }\n\"1\" = { goto = \"m\" }\n",
+        );
+        let dup = one(&d, "duplicate key");
+        assert_eq!(at(dup), (6, 1));
+        assert!(dup.message.contains("\"1\""), "{}", dup.message);
+        let d = diags("entry = \"m\"\n[menus.m]\nprompt = \"p\"\n[menus.m]\nnext = \"m\"\n");
+        assert_eq!(at(one(&d, "duplicate key")), (4, 8));
+    }
+
+    #[test]
+    fn case_variants_of_a_key_are_duplicates() {
+        let d = diags(
+            "entry = \"m\"\n[menus.m]\nprompt = \"p\"\n[menus.m.options]\nA = { hangup = true }\na = { hangup = true }\n",
+        );
+        let dup = one(&d, "duplicate key 'A' in menu 'm'");
+        // BTreeMap order puts "A" first, so the lower-case one is the duplicate.
+        assert_eq!(at(dup), (6, 1));
+        assert!(
+            dup.message.contains("first defined at 5:1"),
+            "{}",
+            dup.message
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_with_a_suggestion() {
+        let d = diags(
+            "entry = \"m\"\nentyr = 1\n[menus.m]\npromt = \"p\"\noptions.1 = { hangup = true, promt = \"x\" }\n[defaults]\nbargein = true\n",
+        );
+        let e = one(&d, "'entyr'");
+        assert_eq!(at(e), (2, 1));
+        assert!(e.message.contains("did you mean 'entry'?"), "{}", e.message);
+        let e = one(&d, "unknown field 'promt' in menu 'm'");
+        assert_eq!(at(e), (4, 1));
+        assert!(
+            e.message.contains("(did you mean 'prompt'?)"),
+            "{}",
+            e.message
+        );
+        let e = one(&d, "unknown field 'promt' in option '1' of menu 'm'");
+        assert_eq!(at(e), (5, 30));
+        let e = one(&d, "'bargein'");
+        assert!(
+            e.message.contains("did you mean 'barge_in'?"),
+            "{}",
+            e.message
+        );
+        let e = one(&d, "has no 'prompt'");
+        assert_eq!(at(e), (3, 8));
+    }
+
+    #[test]
+    fn unknown_menu_has_did_you_mean_and_exact_display() {
+        let text = r#"entry = "main"
+[menus.main]
+prompt = "p"
+[menus.main.options]
+3 = { goto = "credti" }
+4 = { play = "x", then = "mian" }
+[menus.credit]
+prompt = "c"
+next = "nowhere"
+"#;
+        let d = diags(text);
+        assert_eq!(
+            one(&d, "credti").to_string(),
+            "dialplans/t.toml:5:14: error: unknown menu 'credti' (did you mean 'credit'?)"
+        );
+        assert_eq!(at(one(&d, "'mian'")), (6, 26));
+        assert!(one(&d, "'mian'")
+            .message
+            .ends_with("(did you mean 'main'?)"));
+        let far = one(&d, "'nowhere'");
+        assert_eq!(at(far), (9, 8));
+        assert!(!far.message.contains("did you mean"), "{}", far.message);
+    }
+
+    #[test]
+    fn missing_entry_and_unknown_entry() {
+        let d = diags("[menus.m]\nprompt = \"p\"\nnext = \"hangup\"\n");
+        assert_eq!(at(one(&d, "missing 'entry'")), (1, 1));
+        let d = diags("entry = \"mian\"\n[menus.main]\nprompt = \"p\"\nnext = \"hangup\"\n");
+        let e = one(&d, "unknown menu 'mian'");
+        assert_eq!(at(e), (1, 9));
+        let d = diags("entry = \"m\"\n");
+        one(&d, "no menus");
+        let d = diags("entry = \"m\"\n[menus]\n");
+        one(&d, "[menus] is empty");
+    }
+
+    #[test]
+    fn missing_prompt_files_are_errors_with_suggestions() {
+        let catalog: HashSet<String> = ["main-menu", "balance"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let text = "entry = \"m\"\n[menus.m]\nprompt = \"main-menu\"\noptions.1 = { play = \"balanse\" }\noptions.2 = { play = [\"balance\", \"zzz\"] }\n";
+        let err = Dialplan::parse_str(Path::new(FILE), text, &catalog).unwrap_err();
+        let DialplanError::Invalid(d) = err else {
+            panic!("not Invalid")
+        };
+        let e = one(&d, "'balanse'");
+        assert_eq!(at(e), (4, 22));
+        assert_eq!(
+            e.message,
+            "missing prompt 'balanse': no balanse.wav in the prompt directory (did you mean 'balance'?)"
+        );
+        let e = one(&d, "'zzz'");
+        assert_eq!(at(e), (5, 34));
+        assert_eq!(d.len(), 2, "{d:#?}");
+        // The same file is fine when every prompt exists.
+        let all: HashSet<String> = ["main-menu", "balance", "balanse", "zzz"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(Dialplan::parse_str(Path::new(FILE), text, &all).is_ok());
+    }
+
+    #[test]
+    fn invalid_keys_are_rejected() {
+        let d = diags(
+            "entry = \"m\"\n[menus.m]\nprompt = \"p\"\n[menus.m.options]\nx = { hangup = true }\n\"1 \" = { hangup = true }\n\"\" = { hangup = true }\n12345678901234567 = { hangup = true }\n\"#\" = { hangup = true }\n\"1#\" = { hangup = true }\n",
+        );
+        assert_eq!(at(one(&d, "invalid key 'x'")), (5, 1));
+        assert_eq!(at(one(&d, "invalid key '1 '")), (6, 1));
+        assert_eq!(at(one(&d, "invalid key ''")), (7, 1));
+        assert!(one(&d, "invalid key '1234").message.contains("at most 16"));
+        assert!(one(&d, "invalid key '#'").message.contains("terminator"));
+        assert!(one(&d, "invalid key '1#'").message.contains("terminator"));
+        // With no terminator, # is an ordinary key.
+        let (plan, _) = ok(
+            "entry = \"m\"\n[menus.m]\nprompt = \"p\"\nterminator = \"none\"\n[menus.m.options]\n\"#\" = { hangup = true }\n",
+        );
+        assert!(menu(&plan, "m").lookup("#").exact.is_some());
+    }
+
+    #[test]
+    fn out_of_range_settings_are_rejected() {
+        let d = diags(
+            r#"entry = "m"
+[defaults]
+no_input_timeout = 0
+inter_digit_timeout = 0.1
+max_attempts = 0
+[menus.m]
+prompt = "p"
+no_input_timeout = 61
+inter_digit_timeout = "2s"
+max_attempts = 11
+terminator = "**"
+barge_in = "yes"
+final = "goodbye"
+options.1 = { hangup = true }
+[menus.n]
+prompt = "p"
+no_input_timeout = nan
+max_attempts = 2.5
+next = "m"
+"#,
+        );
+        let no_input: Vec<(usize, usize)> = d
+            .iter()
+            .filter(|x| x.message == "'no_input_timeout' must be between 1 and 60 seconds")
+            .map(at)
+            .collect();
+        assert_eq!(no_input, vec![(3, 20), (8, 20), (17, 20)], "0, 61 and nan");
+        assert_eq!(
+            at(one(&d, "'inter_digit_timeout' must be between 0.5 and 10")),
+            (4, 23)
+        );
+        assert_eq!(
+            at(one(&d, "'inter_digit_timeout' must be a number of seconds")),
+            (9, 23)
+        );
+        assert_eq!(
+            d.iter()
+                .filter(|x| x
+                    .message
+                    .contains("'max_attempts' must be between 1 and 10"))
+                .count(),
+            2
+        );
+        assert_eq!(
+            at(one(&d, "'max_attempts' must be a whole number")),
+            (18, 16)
+        );
+        assert_eq!(at(one(&d, "invalid terminator '**'")), (11, 14));
+        assert_eq!(at(one(&d, "'barge_in' must be true or false")), (12, 12));
+        assert_eq!(at(one(&d, "'final' in menu 'm' must be a table")), (13, 9));
+    }
+
+    #[test]
+    fn action_tables_are_checked() {
+        let d = diags(
+            r#"entry = "m"
+[menus.m]
+prompt = "p"
+[menus.m.options]
+1 = { goto = "m", play = "x" }
+2 = { }
+3 = { transfer = "agents", then = "m" }
+4 = { play = "x", prompt = "y" }
+5 = { hangup = false }
+6 = { transfer = "bad target" }
+7 = { goto = "hangup" }
+8 = "m"
+9 = { goto = "m", prompt = "y" }
+"#,
+        );
+        assert_eq!(at(one(&d, "has both 'goto' and 'play'")), (5, 19));
+        assert_eq!(at(one(&d, "option '2' of menu 'm' has no action")), (6, 5));
+        assert_eq!(at(one(&d, "'then' does not apply to 'transfer'")), (7, 28));
+        assert!(one(&d, "'prompt' does not apply to 'play'")
+            .message
+            .contains("play = ["));
+        assert_eq!(at(one(&d, "hangup = false does nothing")), (9, 16));
+        assert_eq!(
+            at(one(&d, "invalid transfer target 'bad target'")),
+            (10, 18)
+        );
+        assert_eq!(at(one(&d, "goto needs a menu")), (11, 14));
+        assert_eq!(
+            at(one(&d, "option '8' of menu 'm' must be a table")),
+            (12, 5)
+        );
+        one(&d, "'prompt' does not apply to 'goto'");
+        assert_eq!(d.len(), 9, "{d:#?}");
+    }
+
+    #[test]
+    fn menu_shapes_are_checked() {
+        let d = diags(
+            r#"entry = "a"
+[menus.a]
+prompt = "p"
+next = "b"
+options.1 = { goto = "b" }
+[menus.b]
+prompt = "p"
+[menus.hangup]
+prompt = "p"
+next = "a"
+[menus."bad name"]
+prompt = "p"
+next = "a"
+[menus.c]
+prompt = []
+next = "a"
+[menus.d]
+prompt = "p"
+options = {}
+[menus.e]
+prompt = "p"
+options = 3
+"#,
+        );
+        assert_eq!(at(one(&d, "has both 'next' and 'options'")), (5, 1));
+        assert_eq!(
+            at(one(&d, "menu 'b' has neither 'options' nor 'next'")),
+            (6, 8)
+        );
+        assert_eq!(at(one(&d, "invalid menu name 'hangup'")), (8, 8));
+        assert_eq!(at(one(&d, "invalid menu name 'bad name'")), (11, 8));
+        assert_eq!(
+            at(one(&d, "'prompt' needs at least one prompt name")),
+            (15, 10)
+        );
+        one(&d, "menu 'd' has an empty options table");
+        assert_eq!(at(one(&d, "'options' must be a table")), (22, 11));
+    }
+
+    #[test]
+    fn prompt_names_must_stay_inside_the_prompt_directory() {
+        for (bad, why) in [
+            ("greeting.wav", "without .wav"),
+            ("../etc/passwd", "no segment starting with '.'"),
+            ("/abs", "no leading"),
+            ("a//b", "double '/'"),
+            ("en/", "trailing"),
+            ("sp ace", "letters, digits"),
+            ("", "empty"),
+        ] {
+            let text = format!("entry = \"m\"\n[menus.m]\nprompt = \"{bad}\"\nnext = \"hangup\"\n");
+            let d = diags(&text);
+            let e = one(&d, "invalid prompt name");
+            assert!(e.message.contains(why), "{bad}: {}", e.message);
+            assert_eq!(at(e), (3, 10));
+        }
+        let (plan, _) =
+            ok("entry = \"m\"\n[menus.m]\nprompt = \"en/main-menu.v2\"\nnext = \"hangup\"\n");
+        assert_eq!(menu(&plan, "m").prompts, vec!["en/main-menu.v2"]);
+    }
+
+    #[test]
+    fn unreachable_menu_is_a_warning() {
+        let (plan, warnings) = ok(r#"entry = "a"
+[menus.a]
+prompt = "p"
+options.1 = { play = "x", then = "b" }
+options.2 = { opt_out = true, then = "c" }
+[menus.b]
+prompt = "p"
+next = "hangup"
+[menus.c]
+prompt = "p"
+final = { goto = "d" }
+options.1 = { hangup = true }
+[menus.d]
+prompt = "p"
+next = "a"
+[menus.lonely]
+prompt = "p"
+next = "a"
+"#);
+        assert_eq!(plan.menu_names().count(), 5);
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert_eq!(warnings[0].severity, Severity::Warning);
+        assert_eq!(
+            warnings[0].to_string(),
+            "dialplans/t.toml:16:8: warning: menu 'lonely' is unreachable from the entry menu 'a'"
+        );
+    }
+
+    #[test]
+    fn prefix_keys_warn_only_without_a_terminator() {
+        let with = "entry = \"m\"\n[menus.m]\nprompt = \"p\"\n[menus.m.options]\n1 = { hangup = true }\n12 = { hangup = true }\n";
+        let (_, warnings) = ok(with);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let without = with.replace(
+            "prompt = \"p\"\n",
+            "prompt = \"p\"\nterminator = \"none\"\n",
+        );
+        let (_, warnings) = ok(&without);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(at(&warnings[0]), (6, 1));
+        assert!(warnings[0].message.contains("key '1' is a prefix of '12'"));
+        assert!(warnings[0].message.contains("(2s)"));
+    }
+
+    #[test]
+    fn settings_without_effect_in_announcements_warn() {
+        let (_, warnings) = ok("entry = \"g\"\n[menus.g]\nprompt = \"p\"\nnext = \"hangup\"\nmax_attempts = 2\nbarge_in = false\n");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(at(&warnings[0]), (5, 1));
+        assert!(warnings[0].message.contains("'max_attempts' has no effect"));
+    }
+
+    #[test]
+    fn all_problems_are_reported_in_one_pass_in_file_order() {
+        let text = r#"entry = "main"
+[defaults]
+no_input_timeout = 100
+[menus.main]
+promt = "main-menu"
+prompt = "main-menu"
+[menus.main.options]
+1 = { goto = "credti" }
+x = { hangup = true }
+[menus.credit]
+prompt = "c"
+next = "main"
+"#;
+        let d = diags(text);
+        let lines: Vec<usize> = d.iter().map(|x| x.line).collect();
+        assert_eq!(lines, vec![3, 5, 8, 9], "{d:#?}");
+        let err = DialplanError::Invalid(d.clone());
+        let shown = err.to_string();
+        assert!(shown.starts_with("invalid dialplan: 4 errors\n"), "{shown}");
+        for x in &d {
+            assert!(shown.contains(&x.to_string()), "{shown}");
+        }
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        let d = diags("# héllo wörld\nentry = \"m\"\n[menus.m]\nprompt = \"p\"\nnext = \"m\" # ünïcode\nbogus = 1 # é\n\"é\" = 1\n");
+        assert_eq!(at(one(&d, "'bogus'")), (6, 1));
+        assert_eq!(at(one(&d, "'é'")), (7, 1));
+        let d = diags(
+            "entry = \"m\"\n[menus.m]\nprompt = \"p\"\nnext = \"m\"\nk = { \"é\" = 1, bad = 2 }\n",
+        );
+        // 'k' is unknown in the menu; inner fields are not walked.
+        assert_eq!(at(one(&d, "'k'")), (5, 1));
+    }
+
+    #[test]
+    fn load_reads_files_and_reports_io_and_encoding_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.toml");
+        let err = Dialplan::load(&missing, &AnyPrompt).unwrap_err();
+        assert!(matches!(err, DialplanError::Io { .. }));
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+
+        let good = dir.path().join("shop.toml");
+        std::fs::write(&good, MINIMAL).expect("write");
+        let (plan, _) = Dialplan::load(&good, &AnyPrompt).expect("loads");
+        assert_eq!(plan.name(), "shop");
+
+        let huge = dir.path().join("huge.toml");
+        std::fs::write(&huge, vec![b'#'; (MAX_FILE_BYTES + 1) as usize]).expect("write");
+        let err = Dialplan::load(&huge, &AnyPrompt).unwrap_err();
+        assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, b"entry = \"m\"\n# caf\xe9\n").expect("write");
+        let DialplanError::Invalid(d) = Dialplan::load(&bad, &AnyPrompt).unwrap_err() else {
+            panic!("not Invalid")
+        };
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].line, d[0].column), (2, 6));
+        assert!(d[0].message.contains("UTF-8"));
+        assert_eq!(d[0].file, bad);
+    }
+
+    #[test]
+    fn deep_nesting_does_not_crash() {
+        for text in [
+            format!("a = {}", "[".repeat(20_000)),
+            format!("a = {}", "{ b = ".repeat(20_000)),
+            format!("{}1", "a.".repeat(20_000)),
+        ] {
+            assert!(parse(&text).is_err());
+        }
+    }
+
+    #[test]
+    fn did_you_mean_prefers_the_closest_name() {
+        assert_eq!(did_you_mean("credti", ["credit", "main"]), Some("credit"));
+        assert_eq!(did_you_mean("promt", ["prompt", "next"]), Some("prompt"));
+        assert_eq!(did_you_mean("xyz", ["prompt", "next"]), None);
+        assert_eq!(did_you_mean("MAIN", ["main"]), Some("main"));
+    }
+
+    #[test]
+    fn demo_bank_dialplan_is_valid_and_keeps_its_keys() {
+        let root = repo_root();
+        let prompt_dir = root.join("voice-prompts");
+        let catalog: HashSet<String> = std::fs::read_dir(&prompt_dir)
+            .expect("voice-prompts/")
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".wav").map(str::to_string)
+            })
+            .collect();
+        let path = root.join("dialplans/demo-bank.toml");
+        let (plan, warnings) = Dialplan::load(&path, &catalog).expect("demo bank loads");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(plan.name(), "demo-bank");
+        assert_eq!(plan.entry(), "greeting");
+        assert_eq!(
+            menu(&plan, "greeting").kind,
+            MenuKind::Announcement {
+                next: Next::Menu("main".into())
+            }
+        );
+        let main = |k: &str| option(&plan, "main", k).clone();
+        assert!(matches!(main("1"), Action::Play { then: Next::Menu(m), .. } if m == "main"));
+        assert!(matches!(main("2"), Action::Play { then: Next::Menu(m), .. } if m == "main"));
+        assert_eq!(
+            main("3"),
+            Action::Goto {
+                menu: "credit".into()
+            }
+        );
+        assert!(
+            matches!(main("0"), Action::Transfer { target, prompts } if target == "agents" && !prompts.is_empty())
+        );
+        assert!(
+            matches!(main("9"), Action::OptOut { then: Next::Hangup, prompts } if prompts.len() == 2)
+        );
+        let credit = |k: &str| option(&plan, "credit", k).clone();
+        assert!(matches!(credit("1"), Action::Play { then: Next::Menu(m), .. } if m == "credit"));
+        assert!(matches!(credit("2"), Action::Play { then: Next::Menu(m), .. } if m == "credit"));
+        assert_eq!(
+            credit("*"),
+            Action::Goto {
+                menu: "main".into()
+            }
+        );
+        let m = menu(&plan, "main");
+        assert_eq!(m.max_attempts, 3);
+        assert_eq!(
+            m.final_action,
+            Action::Hangup {
+                prompts: vec!["goodbye".into()]
+            }
+        );
+        assert!(!m.no_input_prompts.is_empty() && !m.no_match_prompts.is_empty());
+        // Every prompt file the dialplan uses is bundled, and no bundled demo prompt is unused.
+        let used: BTreeSet<&str> = plan.prompt_names().collect();
+        let bundled: BTreeSet<&str> = catalog.iter().map(String::as_str).collect();
+        assert_eq!(used, bundled);
+    }
+
+    #[test]
+    fn reference_example_in_the_docs_is_valid() {
+        let doc = include_str!("../../docs/dialplan.md");
+        let start = doc.find("```toml\n").expect("a toml example") + "```toml\n".len();
+        let len = doc[start..].find("```").expect("closing fence");
+        let (plan, warnings) = Dialplan::parse_str(
+            Path::new("dialplans/shop.toml"),
+            &doc[start..start + len],
+            &AnyPrompt,
+        )
+        .unwrap_or_else(|e| panic!("docs example: {e}"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(plan.name(), "shop");
+        assert_eq!(plan.menu_names().count(), 3);
+        assert_eq!(menu(&plan, "orders").max_attempts, 2);
+    }
+
+    #[test]
+    fn bundled_prompts_are_small_mono_16_bit_wavs() {
+        let dir = repo_root().join("voice-prompts");
+        let mut total = 0u64;
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir)
+            .expect("voice-prompts/")
+            .filter_map(|e| e.ok())
+        {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "wav") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).expect("read wav");
+            total += bytes.len() as u64;
+            count += 1;
+            // RIFF/WAVE with a canonical PCM fmt chunk: format 1, mono, 16 kHz, 16-bit.
+            assert_eq!(bytes.get(0..4), Some(&b"RIFF"[..]), "{path:?}");
+            assert_eq!(bytes.get(8..12), Some(&b"WAVE"[..]), "{path:?}");
+            assert_eq!(bytes.get(12..16), Some(&b"fmt "[..]), "{path:?}");
+            let u16_at = |i: usize| {
+                bytes
+                    .get(i..i + 2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            };
+            let u32_at = |i: usize| {
+                bytes
+                    .get(i..i + 4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            };
+            assert_eq!(u16_at(20), Some(1), "PCM {path:?}");
+            assert_eq!(u16_at(22), Some(1), "mono {path:?}");
+            assert_eq!(u32_at(24), Some(16_000), "16 kHz {path:?}");
+            assert_eq!(u16_at(34), Some(16), "16-bit {path:?}");
+            assert!(
+                bytes.len() > 16_000,
+                "at least half a second of audio: {path:?}"
+            );
+        }
+        assert_eq!(count, 12);
+        assert!(total < 3 * 1024 * 1024, "{total} bytes");
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        const DEMO: &str = include_str!("../../dialplans/demo-bank.toml");
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn random_text_never_panics(text in "\\PC{0,400}") {
+                let _ = Dialplan::parse_str(Path::new(FILE), &text, &AnyPrompt);
+            }
+
+            #[test]
+            fn tomlish_text_never_panics(text in "[\\[\\]{}=\"'.,#*a-z0-9_ \n\t-]{0,300}") {
+                let _ = Dialplan::parse_str(Path::new(FILE), &text, &AnyPrompt);
+            }
+
+            #[test]
+            fn mutated_demo_never_panics_and_errors_point_into_the_file(
+                edits in proptest::collection::vec((0usize..2000, "[\\[\\]{}=\"'.,#*a-z0-9_ \n-]{0,6}", 0usize..8), 1..4)
+            ) {
+                let mut text = DEMO.to_string();
+                for (pos, insert, delete) in edits {
+                    let mut at = pos.min(text.len());
+                    while !text.is_char_boundary(at) { at -= 1; }
+                    let mut end = at.saturating_add(delete).min(text.len());
+                    while !text.is_char_boundary(end) { end -= 1; }
+                    text.replace_range(at..end, &insert);
+                }
+                let lines = text.lines().count().max(1) + 1;
+                match Dialplan::parse_str(Path::new(FILE), &text, &AnyPrompt) {
+                    Ok((plan, warnings)) => {
+                        prop_assert!(plan.menu(plan.entry()).is_some());
+                        for w in warnings { prop_assert!(w.line <= lines); }
+                    }
+                    Err(DialplanError::Invalid(d)) => {
+                        prop_assert!(d.iter().any(|x| x.severity == Severity::Error));
+                        for x in d { prop_assert!(x.line >= 1 && x.line <= lines && x.column >= 1, "{x}"); }
+                    }
+                    Err(e) => prop_assert!(false, "unexpected {e}"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use warmline::config::Config;
+use warmline::ops;
+
+#[derive(Parser)]
+#[command(
+    name = "warmline",
+    version,
+    about = "On-prem voice appliance: SIP, IVR menus, reminder campaigns"
+)]
+struct Cli {
+    /// Configuration file (warmline.toml). Without one, the embedded defaults are used.
+    #[arg(short, long, global = true, env = "WARMLINE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance: SIP on UDP and TCP, the IVR, the CDR store.
+    Serve,
+    /// Validate the configuration, the prompts and every dialplan; print file:line:column problems.
+    Check {
+        /// Dialplan files to check (default: every *.toml in the dialplans folder).
+        dialplans: Vec<PathBuf>,
+    },
+    /// Show call records.
+    Cdr {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many of the newest records.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Serve => {
+            init_logging(&cfg);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(ops::server::serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { dialplans } => ops::check::run(&cfg, &dialplans),
+        Command::Cdr { json, limit } => ops::check::print_cdrs(&cfg, json, limit),
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARMLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}

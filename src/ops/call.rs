@@ -1,0 +1,522 @@
+//! One inbound call: negotiates media, runs the RTP clock, feeds the IVR flow and writes the CDR.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::ivr::dialplan::Dialplan;
+use crate::ivr::flow::{CallFlow, FlowAction, FlowEvent, Outcome};
+use crate::media::codec::CodecKind;
+use crate::media::prompt::{Player, PromptStore};
+use crate::media::session::{MediaConfig, MediaEvent, MediaSession};
+use crate::sip::endpoint::{CallHandle, EndCause, IncomingCall};
+use crate::sip::sdp::{self, Direction};
+use crate::store::{CdrEnd, CdrStart, Store};
+
+use super::ports::PortAllocator;
+use super::transport::{CallEvent, SipCommand};
+
+/// What every call shares.
+pub struct CallContext {
+    pub store: Store,
+    pub prompts: Arc<PromptStore>,
+    pub dialplan: std::sync::RwLock<Arc<Dialplan>>,
+    pub ports: PortAllocator,
+    pub media_ip: std::net::IpAddr,
+    pub codecs: Vec<CodecKind>,
+    pub jitter: Duration,
+    pub active: std::sync::atomic::AtomicUsize,
+}
+
+/// Why and by whom a call ended, for the CDR.
+struct Ending {
+    cause: String,
+    side: &'static str,
+}
+
+pub async fn run_call(
+    ctx: Arc<CallContext>,
+    inc: IncomingCall,
+    mut events: mpsc::UnboundedReceiver<CallEvent>,
+    sip: mpsc::UnboundedSender<SipCommand>,
+) {
+    let call = inc.call;
+    let started = chrono::Utc::now();
+    let dialplan = match ctx.dialplan.read() {
+        Ok(d) => d.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let cdr_id = match ctx
+        .store
+        .cdr_start(&CdrStart {
+            call_id: inc.call_id.clone(),
+            direction: "inbound".into(),
+            from_uri: inc.from_uri.clone(),
+            to_uri: inc.to_uri.clone(),
+            caller_number: inc.from_user.clone(),
+            remote_addr: inc.source.to_string(),
+            transport: format!("{:?}", inc.transport).to_lowercase(),
+            dialplan: Some(dialplan.name().to_string()),
+            started_at: started,
+        })
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            // Without a CDR we would lose track of the call: refuse it instead.
+            tracing::error!(call_id = %inc.call_id, error = %e, "cannot write CDR; refusing call");
+            let _ = sip.send(SipCommand::Reject(call, 503));
+            return;
+        }
+    };
+    tracing::info!(call_id = %inc.call_id, from = %inc.from_uri, to = %inc.to_uri, src = %inc.source, "call: incoming");
+
+    let mut c = Call {
+        ctx: ctx.clone(),
+        call,
+        cdr_id,
+        call_id: inc.call_id.clone(),
+        caller: inc.from_user.clone(),
+        sip,
+        flow: CallFlow::new(dialplan),
+        media: None,
+        codec: None,
+        player: None,
+        answered_at: None,
+        sdp_version: 1,
+        session_id: rand::random::<u32>() as u64,
+        local_port: 0,
+        hangup_sent: false,
+    };
+    let ending = c.run(inc, &mut events).await;
+    let rec = c.flow.record();
+    let outcome = match (&rec.outcome, c.answered_at) {
+        (_, None) if ending.cause == "no-common-codec" => "rejected".to_string(),
+        (_, None) => "abandoned".to_string(),
+        (Outcome::InProgress, _) => "abandoned".to_string(),
+        (o, _) => outcome_name(o),
+    };
+    let stats = c.media.as_ref().map(|m| {
+        let s = m.stats();
+        serde_json::json!({
+            "sent": s.packets_sent, "received": s.packets_received, "lost": s.packets_lost,
+            "late": s.packets_late, "duplicates": s.duplicates, "jitter_ms": s.jitter_ms,
+        })
+        .to_string()
+    });
+    let end = CdrEnd {
+        ended_at: chrono::Utc::now(),
+        answered_at: c.answered_at,
+        path: rec.path.clone(),
+        digits: rec.digits.clone(),
+        outcome: outcome.clone(),
+        hangup_cause: ending.cause.clone(),
+        hangup_side: ending.side.to_string(),
+        codec: c.codec.map(|k| k.encoding_name().to_string()),
+        rtp_stats: stats,
+    };
+    if let Err(e) = ctx.store.cdr_end(cdr_id, &end).await {
+        tracing::error!(call_id = %c.call_id, error = %e, "cannot finish CDR");
+    }
+    tracing::info!(call_id = %c.call_id, outcome = %outcome, cause = %ending.cause, side = ending.side,
+        path = %rec.path.join(">"), digits = %rec.digits, "call: ended");
+}
+
+fn outcome_name(o: &Outcome) -> String {
+    match o {
+        Outcome::InProgress | Outcome::Abandoned => "abandoned".into(),
+        Outcome::Completed => "completed".into(),
+        Outcome::Transferred(_) => "transfer".into(),
+        Outcome::OptedOut => "opted-out".into(),
+        Outcome::AttemptsExhausted => "attempts-exhausted".into(),
+    }
+}
+
+struct Call {
+    ctx: Arc<CallContext>,
+    call: CallHandle,
+    cdr_id: i64,
+    call_id: String,
+    caller: Option<String>,
+    sip: mpsc::UnboundedSender<SipCommand>,
+    flow: CallFlow,
+    media: Option<MediaSession>,
+    codec: Option<CodecKind>,
+    player: Option<(u64, Player)>,
+    answered_at: Option<chrono::DateTime<chrono::Utc>>,
+    sdp_version: u64,
+    session_id: u64,
+    local_port: u16,
+    hangup_sent: bool,
+}
+
+impl Call {
+    async fn run(
+        &mut self,
+        inc: IncomingCall,
+        events: &mut mpsc::UnboundedReceiver<CallEvent>,
+    ) -> Ending {
+        let (rtp, rtcp) = match self.ctx.ports.bind_pair().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(call_id = %self.call_id, error = %e, "refusing call");
+                let _ = self.sip.send(SipCommand::Reject(self.call, 503));
+                return Ending {
+                    cause: "no-rtp-port".into(),
+                    side: "warmline",
+                };
+            }
+        };
+        self.local_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+
+        // Offer in the INVITE: answer it now. No offer (late offer): we offer in the 200 OK and
+        // the caller answers in the ACK.
+        let local_sdp = match &inc.remote_sdp {
+            Some(offer) => match self.negotiate(offer) {
+                Ok((neg, answer)) => {
+                    if let Err(e) = self.start_media(&neg) {
+                        tracing::error!(call_id = %self.call_id, error = %e, "media setup failed");
+                        let _ = self.sip.send(SipCommand::Reject(self.call, 500));
+                        return Ending {
+                            cause: "media-error".into(),
+                            side: "warmline",
+                        };
+                    }
+                    answer
+                }
+                Err(status) => {
+                    let _ = self.sip.send(SipCommand::Reject(self.call, status));
+                    return Ending {
+                        cause: if status == 488 {
+                            "no-common-codec".into()
+                        } else {
+                            "bad-sdp".into()
+                        },
+                        side: "warmline",
+                    };
+                }
+            },
+            None => sdp::build_offer(
+                self.ctx.media_ip,
+                self.local_port,
+                &self.ctx.codecs,
+                self.session_id,
+                self.sdp_version,
+            ),
+        };
+        let _ = self
+            .sip
+            .send(SipCommand::Answer(self.call, local_sdp.into_bytes()));
+
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut rtp_buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 2048];
+        let mut confirmed = false;
+        loop {
+            let flow_deadline = self
+                .flow
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(ev) = ev else {
+                        return Ending { cause: "signalling-gone".into(), side: "warmline" };
+                    };
+                    match ev {
+                        CallEvent::Confirmed { remote_sdp } => {
+                            if self.media.is_none() {
+                                let Some(answer) = remote_sdp else {
+                                    self.hangup();
+                                    return Ending { cause: "no-sdp-in-ack".into(), side: "warmline" };
+                                };
+                                match sdp::parse_remote(&answer).map_err(|_| 400u16).and_then(|r| {
+                                    sdp::negotiate(&r, &self.ctx.codecs).map_err(|_| 488u16)
+                                }) {
+                                    Ok(neg) => {
+                                        if self.start_media(&neg).is_err() {
+                                            self.hangup();
+                                            return Ending { cause: "media-error".into(), side: "warmline" };
+                                        }
+                                    }
+                                    Err(_) => {
+                                        self.hangup();
+                                        return Ending { cause: "no-common-codec".into(), side: "warmline" };
+                                    }
+                                }
+                            }
+                            if !confirmed {
+                                confirmed = true;
+                                tracing::info!(call_id = %self.call_id, "call: answered");
+                                let t = chrono::Utc::now();
+                                self.answered_at = Some(t);
+                                if let Err(e) = self.ctx.store.cdr_answered(self.cdr_id, t).await {
+                                    tracing::error!(call_id = %self.call_id, error = %e, "cannot write answer time");
+                                }
+                                let actions = self.flow.handle(FlowEvent::Answered, Instant::now());
+                                if let Some(e) = self.apply(actions).await { return e; }
+                            }
+                        }
+                        CallEvent::ReInvite { remote_sdp } => self.reinvite(remote_sdp),
+                        CallEvent::Dtmf { digit } => {
+                            tracing::info!(call_id = %self.call_id, digit = %digit, via = "info", "call: dtmf");
+                            let actions = self.flow.handle(FlowEvent::Digit(digit), Instant::now());
+                            if let Some(e) = self.apply(actions).await { return e; }
+                        }
+                        CallEvent::Ended { cause } => {
+                            let _ = self.flow.handle(FlowEvent::Hangup, Instant::now());
+                            return match cause {
+                                EndCause::RemoteBye => Ending { cause: "bye".into(), side: "caller" },
+                                EndCause::Cancelled => Ending { cause: "cancel".into(), side: "caller" },
+                                EndCause::AckTimeout => Ending { cause: "ack-timeout".into(), side: "network" },
+                                EndCause::LocalByeDone => Ending { cause: "bye".into(), side: "warmline" },
+                            };
+                        }
+                        CallEvent::Shutdown => {
+                            let _ = self.flow.handle(FlowEvent::Hangup, Instant::now());
+                            self.hangup();
+                            return Ending { cause: "shutdown".into(), side: "warmline" };
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some(e) = self.on_tick(&rtp, &rtcp).await { return e; }
+                }
+                r = rtp.recv_from(&mut rtp_buf) => {
+                    if let Ok((n, from)) = r {
+                        if let Some(e) = self.on_rtp(rtp_buf.get(..n).unwrap_or_default(), from).await { return e; }
+                    }
+                }
+                r = rtcp.recv_from(&mut rtcp_buf) => {
+                    if let (Ok((n, from)), Some(m)) = (r, self.media.as_mut()) {
+                        m.handle_rtcp(rtcp_buf.get(..n).unwrap_or_default(), from, Instant::now());
+                    }
+                }
+                _ = tokio::time::sleep_until(flow_deadline) => {
+                    let actions = self.flow.handle_timeout(Instant::now());
+                    if let Some(e) = self.apply(actions).await { return e; }
+                }
+            }
+        }
+    }
+
+    /// Parses and negotiates an offer; returns our answer, or the SIP status to refuse it with.
+    fn negotiate(&mut self, offer: &[u8]) -> Result<(sdp::Negotiated, String), u16> {
+        let remote = sdp::parse_remote(offer).map_err(|e| {
+            tracing::warn!(call_id = %self.call_id, error = %e, "unusable SDP offer");
+            400u16
+        })?;
+        let neg = sdp::negotiate(&remote, &self.ctx.codecs).map_err(|e| {
+            tracing::warn!(call_id = %self.call_id, error = %e, "no common codec");
+            488u16
+        })?;
+        let answer = sdp::build_answer(
+            self.ctx.media_ip,
+            self.local_port,
+            &neg,
+            self.session_id,
+            self.sdp_version,
+        );
+        Ok((neg, answer))
+    }
+
+    fn media_config(&self, neg: &sdp::Negotiated) -> MediaConfig {
+        MediaConfig {
+            codec: neg.codec,
+            payload_type: neg.payload_type,
+            telephone_event_pt: neg.telephone_event_pt,
+            remote_rtp: neg.remote_rtp,
+            remote_rtcp: neg.remote_rtcp,
+            symmetric: true,
+            jitter_depth: self.ctx.jitter,
+        }
+    }
+
+    fn start_media(
+        &mut self,
+        neg: &sdp::Negotiated,
+    ) -> Result<(), crate::media::error::MediaError> {
+        let mut m = MediaSession::new(self.media_config(neg), rand::random(), Instant::now())?;
+        m.set_sending(sends(neg.remote_direction));
+        self.codec = Some(neg.codec);
+        self.media = Some(m);
+        Ok(())
+    }
+
+    fn reinvite(&mut self, remote_sdp: Option<Vec<u8>>) {
+        self.sdp_version += 1;
+        let Some(offer) = remote_sdp else {
+            // A re-INVITE without SDP asks us to offer again.
+            let offer = sdp::build_offer(
+                self.ctx.media_ip,
+                self.local_port,
+                &self.ctx.codecs,
+                self.session_id,
+                self.sdp_version,
+            );
+            let _ = self
+                .sip
+                .send(SipCommand::AnswerReinvite(self.call, offer.into_bytes()));
+            return;
+        };
+        match self.negotiate(&offer) {
+            Ok((neg, answer)) => {
+                let cfg = self.media_config(&neg);
+                let applied = match self.media.as_mut() {
+                    Some(m) => m
+                        .update(cfg)
+                        .map(|_| m.set_sending(sends(neg.remote_direction))),
+                    None => self.start_media(&neg),
+                };
+                if applied.is_ok() {
+                    self.codec = Some(neg.codec);
+                    tracing::info!(call_id = %self.call_id, direction = ?neg.remote_direction, "call: re-invite");
+                    let _ = self
+                        .sip
+                        .send(SipCommand::AnswerReinvite(self.call, answer.into_bytes()));
+                } else {
+                    let _ = self.sip.send(SipCommand::RejectReinvite(self.call, 488));
+                }
+            }
+            Err(status) => {
+                let _ = self.sip.send(SipCommand::RejectReinvite(self.call, status));
+            }
+        }
+    }
+
+    /// The 20 ms media clock: play the next frame (or silence) and keep RTCP going.
+    async fn on_tick(&mut self, rtp: &UdpSocket, rtcp: &UdpSocket) -> Option<Ending> {
+        let now = Instant::now();
+        let mut finished = None;
+        let frame = match self.player.as_mut() {
+            Some((id, p)) => match p.next_frame() {
+                Some(f) => Some(f),
+                None => {
+                    finished = Some(*id);
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(m) = self.media.as_mut() {
+            if let Some((pkt, dest)) = m.send_frame(frame.as_ref(), now) {
+                let _ = rtp.try_send_to(pkt, dest);
+            }
+            // Caller audio is drained every tick; speech recognition and recording will consume it.
+            while m.pop_audio(now).is_some() {}
+            if let Some((pkt, dest)) = m.poll_rtcp(now) {
+                let _ = rtcp.try_send_to(&pkt, dest);
+            }
+        }
+        if let Some(id) = finished {
+            self.player = None;
+            let actions = self
+                .flow
+                .handle(FlowEvent::PlaybackFinished { playback: id }, now);
+            return self.apply(actions).await;
+        }
+        None
+    }
+
+    async fn on_rtp(&mut self, data: &[u8], from: SocketAddr) -> Option<Ending> {
+        let now = Instant::now();
+        let m = self.media.as_mut()?;
+        m.handle_rtp(data, from, now);
+        let mut digits = Vec::new();
+        while let Some(ev) = m.poll_event() {
+            match ev {
+                MediaEvent::Dtmf { digit } => digits.push(digit),
+                MediaEvent::RemoteAddressLearned(a) => {
+                    tracing::debug!(call_id = %self.call_id, addr = %a, "rtp: symmetric address learned")
+                }
+            }
+        }
+        for digit in digits {
+            tracing::info!(call_id = %self.call_id, digit = %digit, via = "rfc4733", "call: dtmf");
+            let actions = self.flow.handle(FlowEvent::Digit(digit), now);
+            if let Some(e) = self.apply(actions).await {
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    /// Carries out what the flow decided, in order. Returns how the call ends when it does.
+    async fn apply(&mut self, actions: Vec<FlowAction>) -> Option<Ending> {
+        for a in actions {
+            match a {
+                FlowAction::Play {
+                    playback, prompts, ..
+                } => {
+                    let clips = prompts
+                        .iter()
+                        .filter_map(|p| {
+                            let clip = self.ctx.prompts.get(p);
+                            if clip.is_none() {
+                                tracing::error!(call_id = %self.call_id, prompt = %p, "prompt missing; skipped");
+                            }
+                            clip
+                        })
+                        .collect();
+                    self.player = Some((playback, Player::new(clips)));
+                }
+                FlowAction::StopPlayback => self.player = None,
+                FlowAction::OptOut => {
+                    // The caller is told "you will not be called again" right after this: commit first.
+                    let number = self.caller.clone().unwrap_or_default();
+                    match self
+                        .ctx
+                        .store
+                        .opt_out(
+                            &number,
+                            "inbound-menu",
+                            Some(&self.call_id),
+                            chrono::Utc::now(),
+                        )
+                        .await
+                    {
+                        Ok(()) => {
+                            tracing::info!(call_id = %self.call_id, number = %number, "call: opt-out recorded")
+                        }
+                        Err(e) => {
+                            tracing::error!(call_id = %self.call_id, error = %e, "opt-out NOT recorded")
+                        }
+                    }
+                }
+                FlowAction::Transfer { target } => {
+                    // Agent routing arrives with the routing issue; until then a transfer ends the
+                    // call with outcome "transfer" so the CDR shows where the caller wanted to go.
+                    tracing::warn!(call_id = %self.call_id, target = %target, "call: transfer target has no route yet; hanging up");
+                    self.hangup();
+                    return Some(Ending {
+                        cause: format!("transfer:{target}"),
+                        side: "warmline",
+                    });
+                }
+                FlowAction::Hangup { .. } => {
+                    self.hangup();
+                    return Some(Ending {
+                        cause: "dialplan-hangup".into(),
+                        side: "warmline",
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    fn hangup(&mut self) {
+        if !self.hangup_sent {
+            self.hangup_sent = true;
+            let _ = self.sip.send(SipCommand::Hangup(self.call));
+        }
+    }
+}
+
+/// We stop sending while the other side holds us (sendonly/inactive).
+fn sends(remote: Direction) -> bool {
+    matches!(remote, Direction::SendRecv | Direction::RecvOnly)
+}

@@ -1,0 +1,136 @@
+//! `warmline check` and `warmline cdr`: the operator's offline commands.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::ivr::dialplan::{Dialplan, DialplanError, Severity};
+use crate::media::prompt::PromptStore;
+use crate::store::Store;
+
+/// Validates the config (already loaded), the prompts and each dialplan. Prints every problem as
+/// `file:line:column: severity: message`; exit status 1 when any is an error.
+pub fn run(cfg: &Config, only: &[PathBuf]) -> ExitCode {
+    let prompts = match PromptStore::load_dir(&cfg.paths.prompts) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}: error: {e}", cfg.paths.prompts.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let files: Vec<PathBuf> = if only.is_empty() {
+        match dialplan_files(&cfg.paths.dialplans) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("{}: error: {e}", cfg.paths.dialplans.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        only.to_vec()
+    };
+    let (mut errors, mut warnings) = (0usize, 0usize);
+    if !only.iter().any(|p| *p == cfg.dialplan_path()) && !files.contains(&cfg.dialplan_path()) {
+        eprintln!(
+            "{}: error: ivr.dialplan = '{}' but no such dialplan file exists",
+            cfg.dialplan_path().display(),
+            cfg.ivr.dialplan
+        );
+        errors += 1;
+    }
+    for f in &files {
+        match Dialplan::load(f, &prompts) {
+            Ok((_, warns)) => {
+                for w in warns {
+                    println!("{w}");
+                    warnings += 1;
+                }
+            }
+            Err(DialplanError::Invalid(diags)) => {
+                for d in diags {
+                    match d.severity {
+                        Severity::Error => errors += 1,
+                        Severity::Warning => warnings += 1,
+                    }
+                    println!("{d}");
+                }
+            }
+            Err(e) => {
+                println!("{}: error: {e}", f.display());
+                errors += 1;
+            }
+        }
+    }
+    println!(
+        "checked {} dialplan(s) against {} prompt(s): {errors} error(s), {warnings} warning(s)",
+        files.len(),
+        prompts.len()
+    );
+    if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn dialplan_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+pub fn print_cdrs(cfg: &Config, json: bool, limit: i64) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rows = rt.block_on(async {
+        let store = Store::open(&cfg.storage_url()).await?;
+        let rows = store.recent_cdrs(limit).await;
+        store.close().await;
+        rows
+    });
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        println!(
+            "{:<24} {:<20} {:<10} {:>8}  {:<28} digits",
+            "started", "caller", "outcome", "secs", "path"
+        );
+        for r in rows {
+            println!(
+                "{:<24} {:<20} {:<10} {:>8}  {:<28} {}",
+                r.started_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                r.caller_number.as_deref().unwrap_or("-"),
+                r.outcome.as_deref().unwrap_or("(live)"),
+                r.duration_ms
+                    .map(|d| format!("{:.1}", d as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                r.path.join(">"),
+                r.digits
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,149 @@
+//! `warmline serve`: opens the store, loads prompts and the dialplan, binds SIP and runs until stopped.
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::ivr::dialplan::{Dialplan, DialplanError};
+use crate::media::prompt::PromptStore;
+use crate::sip::endpoint::{Endpoint, EndpointConfig, IncomingCall};
+use crate::store::{Store, StoreError};
+
+use super::call::{run_call, CallContext};
+use super::ports::PortAllocator;
+use super::transport::{CallEvent, CallSpawner, SipCommand, SipServer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("prompts in {dir}: {message}")]
+    Prompts { dir: PathBuf, message: String },
+    #[error("{0}")]
+    Dialplan(#[from] DialplanError),
+    #[error("cannot listen for SIP on {addr} (UDP and TCP): {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+struct Spawner {
+    ctx: Arc<CallContext>,
+    max_calls: usize,
+}
+
+impl CallSpawner for Spawner {
+    fn spawn_call(
+        &self,
+        call: IncomingCall,
+        commands: mpsc::UnboundedSender<SipCommand>,
+    ) -> Result<mpsc::UnboundedSender<CallEvent>, u16> {
+        // Refusing with 503 keeps the calls already up at full quality.
+        if self.ctx.active.load(Ordering::Relaxed) >= self.max_calls {
+            tracing::warn!(call_id = %call.call_id, "call limit reached; 503");
+            return Err(503);
+        }
+        self.ctx.active.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            run_call(ctx.clone(), call, rx, commands).await;
+            ctx.active.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(tx)
+    }
+}
+
+/// Loads the prompts and the configured dialplan, the way `serve` and `check` both need them.
+pub fn load_ivr(cfg: &Config) -> Result<(Arc<PromptStore>, Arc<Dialplan>), ServeError> {
+    let cache = cfg.paths.state_dir.join("prompt-cache");
+    let prompts = PromptStore::load_dir_cached(&cfg.paths.prompts, &cache).map_err(|e| {
+        ServeError::Prompts {
+            dir: cfg.paths.prompts.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    let (dialplan, warnings) = Dialplan::load(&cfg.dialplan_path(), &prompts)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok((Arc::new(prompts), Arc::new(dialplan)))
+}
+
+pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    let store = Store::open(&cfg.storage_url()).await?;
+    let closed = store.close_interrupted(chrono::Utc::now()).await?;
+    if closed > 0 {
+        tracing::warn!(
+            calls = closed,
+            "closed CDRs of calls interrupted by the last stop"
+        );
+    }
+    let (prompts, dialplan) = load_ivr(&cfg)?;
+    tracing::info!(prompts = prompts.len(), dialplan = %dialplan.name(), "ivr loaded");
+
+    let codecs = cfg
+        .rtp
+        .codecs
+        .iter()
+        .filter_map(|c| super::codec_from_name(c))
+        .collect();
+    let ctx = Arc::new(CallContext {
+        store: store.clone(),
+        prompts,
+        dialplan: std::sync::RwLock::new(dialplan),
+        ports: PortAllocator::new(cfg.sip.listen.ip(), cfg.rtp.port_min, cfg.rtp.port_max),
+        media_ip: cfg.media_ip(),
+        codecs,
+        jitter: Duration::from_millis(cfg.rtp.jitter_ms),
+        active: Default::default(),
+    });
+    let mut ep_cfg = EndpointConfig::new(cfg.public_addr());
+    ep_cfg.user_agent = cfg.sip.user_agent.clone();
+    let limits = ep_cfg.limits.clone();
+    let endpoint = Endpoint::new(ep_cfg);
+    let spawner = Arc::new(Spawner {
+        ctx: ctx.clone(),
+        max_calls: cfg.sip.max_calls,
+    });
+    let (server, listener) = SipServer::bind(cfg.sip.listen, endpoint, limits, spawner)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.sip.listen,
+            source,
+        })?;
+    tracing::info!(listen = %cfg.sip.listen, storage = %cfg.storage_url(), "warmline ready (SIP over UDP and TCP)");
+    server
+        .run(listener, shutdown_signal(), Duration::from_secs(5))
+        .await;
+    // Let call tasks write their final CDRs.
+    for _ in 0..100 {
+        if ctx.active.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
