@@ -67,6 +67,8 @@ pub struct PathsConfig {
 pub struct IvrConfig {
     /// Name of the dialplan file (without `.toml`) under `paths.dialplans` that answers inbound calls.
     pub dialplan: String,
+    /// Ring (180) this long before answering, like Asterisk's `Ringing(); Wait()`. 0 answers at once.
+    pub answer_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -119,6 +121,7 @@ impl Default for IvrConfig {
     fn default() -> Self {
         Self {
             dialplan: "demo-bank".into(),
+            answer_after_ms: 0,
         }
     }
 }
@@ -225,6 +228,15 @@ impl Config {
             return fail(
                 "jitter_ms",
                 format!("rtp.jitter_ms = {} must be 20..=1000", self.rtp.jitter_ms),
+            );
+        }
+        if self.ivr.answer_after_ms > 60_000 {
+            return fail(
+                "answer_after_ms",
+                format!(
+                    "ivr.answer_after_ms = {} must be at most 60000",
+                    self.ivr.answer_after_ms
+                ),
             );
         }
         if self.ivr.dialplan.is_empty() {

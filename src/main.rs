@@ -38,6 +38,12 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+    /// Show the global do-not-call list (callers who pressed the opt-out key).
+    OptOuts {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,11 +76,13 @@ fn main() -> ExitCode {
         }
         Command::Check { dialplans } => ops::check::run(&cfg, &dialplans),
         Command::Cdr { json, limit } => ops::check::print_cdrs(&cfg, json, limit),
+        Command::OptOuts { json } => ops::check::print_opt_outs(&cfg, json),
     }
 }
 
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARMLINE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()

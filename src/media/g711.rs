@@ -12,12 +12,12 @@ const ULAW_CLIP: i32 = 8159;
 
 /// Rounds a 16-bit sample to `bits` bits the way SoX does: add half an LSB of the
 /// target width, shift arithmetically, saturate at the positive end.
-fn round_to_bits(x: i16, bits: u32) -> i32 {
+const fn round_to_bits(x: i16, bits: u32) -> i32 {
     let shift = 16 - bits;
     let half = 1i32 << (shift - 1);
     let max = (1i32 << (bits - 1)) - 1;
-    let x = i32::from(x);
-    if x > i32::from(i16::MAX) - half {
+    let x = x as i32;
+    if x > i16::MAX as i32 - half {
         max
     } else {
         (x + half) >> shift
@@ -26,7 +26,7 @@ fn round_to_bits(x: i16, bits: u32) -> i32 {
 
 /// Segment number (0..=7) of a biased magnitude: the position of its highest set bit above
 /// the 5-bit mantissa window. `value` is at most 0x1FFF here, so the result is at most 8.
-fn segment(value: i32, first_end: i32) -> i32 {
+const fn segment(value: i32, first_end: i32) -> i32 {
     let mut seg = 0;
     let mut end = first_end;
     while seg < 8 && value > end {
@@ -36,11 +36,15 @@ fn segment(value: i32, first_end: i32) -> i32 {
     seg
 }
 
-/// Encodes one 16-bit linear sample to μ-law.
-pub fn linear_to_ulaw(sample: i16) -> u8 {
-    let s14 = round_to_bits(sample, 14);
+/// μ-law code of a 14-bit sample (-8192..=8191).
+const fn ulaw_code(s14: i32) -> u8 {
     let (magnitude, mask) = if s14 < 0 { (-s14, 0x7F) } else { (s14, 0xFF) };
-    let biased = magnitude.min(ULAW_CLIP) + ULAW_BIAS;
+    let clipped = if magnitude > ULAW_CLIP {
+        ULAW_CLIP
+    } else {
+        magnitude
+    };
+    let biased = clipped + ULAW_BIAS;
     let seg = segment(biased, 0x3F);
     let code = if seg >= 8 {
         0x7F
@@ -51,9 +55,8 @@ pub fn linear_to_ulaw(sample: i16) -> u8 {
     ((code ^ mask) & 0xFF) as u8
 }
 
-/// Encodes one 16-bit linear sample to A-law.
-pub fn linear_to_alaw(sample: i16) -> u8 {
-    let s13 = round_to_bits(sample, 13);
+/// A-law code of a 13-bit sample (-4096..=4095).
+const fn alaw_code(s13: i32) -> u8 {
     let (magnitude, mask) = if s13 >= 0 {
         (s13, 0xD5)
     } else {
@@ -71,6 +74,48 @@ pub fn linear_to_alaw(sample: i16) -> u8 {
         (seg << 4) | mantissa
     };
     ((code ^ mask) & 0xFF) as u8
+}
+
+/// Entries of the encoder tables: every 14-bit (μ-law) / 13-bit (A-law) value, offset so the
+/// most negative one is index 0. Encoding is then a rounding shift and one lookup per sample
+/// (the media clock encodes 8,000 samples a second per call).
+const ULAW_TABLE_LEN: usize = 1 << 14;
+const ALAW_TABLE_LEN: usize = 1 << 13;
+
+const fn build_ulaw_encoder() -> [u8; ULAW_TABLE_LEN] {
+    let mut table = [0u8; ULAW_TABLE_LEN];
+    let mut i = 0;
+    while i < ULAW_TABLE_LEN {
+        table[i] = ulaw_code(i as i32 - (ULAW_TABLE_LEN as i32 / 2));
+        i += 1;
+    }
+    table
+}
+
+const fn build_alaw_encoder() -> [u8; ALAW_TABLE_LEN] {
+    let mut table = [0u8; ALAW_TABLE_LEN];
+    let mut i = 0;
+    while i < ALAW_TABLE_LEN {
+        table[i] = alaw_code(i as i32 - (ALAW_TABLE_LEN as i32 / 2));
+        i += 1;
+    }
+    table
+}
+
+static LINEAR_TO_ULAW: [u8; ULAW_TABLE_LEN] = build_ulaw_encoder();
+static LINEAR_TO_ALAW: [u8; ALAW_TABLE_LEN] = build_alaw_encoder();
+
+/// Encodes one 16-bit linear sample to μ-law.
+pub fn linear_to_ulaw(sample: i16) -> u8 {
+    let s14 = round_to_bits(sample, 14);
+    // s14 is within -8192..=8191, so the masked index is s14 + 8192 (and provably in range).
+    LINEAR_TO_ULAW[(s14 + (ULAW_TABLE_LEN as i32 / 2)) as usize & (ULAW_TABLE_LEN - 1)]
+}
+
+/// Encodes one 16-bit linear sample to A-law.
+pub fn linear_to_alaw(sample: i16) -> u8 {
+    let s13 = round_to_bits(sample, 13);
+    LINEAR_TO_ALAW[(s13 + (ALAW_TABLE_LEN as i32 / 2)) as usize & (ALAW_TABLE_LEN - 1)]
 }
 
 const fn ulaw_expand(code: u8) -> i16 {

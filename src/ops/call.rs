@@ -1,6 +1,7 @@
 //! One inbound call: negotiates media, runs the RTP clock, feeds the IVR flow and writes the CDR.
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -18,6 +19,9 @@ use crate::store::{CdrEnd, CdrStart, Store};
 use super::ports::PortAllocator;
 use super::transport::{CallEvent, SipCommand};
 
+/// Stands for "no deadline" on a timer.
+const FAR_AWAY: Duration = Duration::from_secs(3600);
+
 /// What every call shares.
 pub struct CallContext {
     pub store: Store,
@@ -27,7 +31,187 @@ pub struct CallContext {
     pub media_ip: std::net::IpAddr,
     pub codecs: Vec<CodecKind>,
     pub jitter: Duration,
+    /// Ring this long before answering (0: answer at once).
+    pub answer_after: Duration,
     pub active: std::sync::atomic::AtomicUsize,
+    /// Sends every call's RTP on the 20 ms clock.
+    pub media_clock: MediaClock,
+}
+
+/// The length of one media frame: the RTP clock of every call.
+const FRAME: Duration = Duration::from_millis(20);
+
+/// The 20 ms media clock for all calls: a few OS threads ("shards"), each sending the next frame
+/// of every call it serves once per 20 ms slot with a non-blocking `try_send_to`.
+///
+/// One tokio task and timer per call cost a timer registration, a task wake-up and a `select!`
+/// per call every 20 ms (100,000 a second at 2,000 calls), and a frame waited behind whatever
+/// else was queued on that worker. A shard thread sleeps until its slot and the kernel wakes a
+/// sleeping thread promptly even when the tokio workers are busy with signalling and storage.
+/// The sans-IO `MediaSession`/`Player` are unchanged; they are shared with the call task behind
+/// a mutex that neither side holds across an await.
+pub struct MediaClock {
+    shards: Vec<std::sync::mpsc::Sender<ClockEntry>>,
+    next: AtomicUsize,
+}
+
+impl MediaClock {
+    /// Starts `threads` shard threads (at least one). They end once the clock is dropped and
+    /// their calls are over.
+    pub fn start(threads: usize) -> std::io::Result<Self> {
+        let mut shards = Vec::new();
+        for i in 0..threads.max(1) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name(format!("warmline-media-{i}"))
+                .spawn(move || shard_thread(rx))?;
+            shards.push(tx);
+        }
+        Ok(Self {
+            shards,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn register(&self, entry: ClockEntry) {
+        let n = self.shards.len().max(1);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        if let Some(tx) = self.shards.get(i) {
+            let _ = tx.send(entry);
+        }
+    }
+}
+
+/// One call on a shard.
+struct ClockEntry {
+    media: Arc<CallMedia>,
+    rtp: Arc<UdpSocket>,
+    rtcp: Arc<UdpSocket>,
+}
+
+/// A call's media state, shared by its call task (RTP in, re-INVITE, flow actions) and its
+/// shard (RTP out every 20 ms).
+#[derive(Default)]
+struct CallMedia {
+    state: Mutex<MediaState>,
+    /// Wakes the call task when a playback ended on the shard.
+    finished: tokio::sync::Notify,
+    /// Set when the call is over: the shard drops the call at its next slot.
+    ended: AtomicBool,
+}
+
+#[derive(Default)]
+struct MediaState {
+    media: Option<MediaSession>,
+    player: Option<(u64, Player)>,
+    /// Playbacks that ran out on the shard, for the call task to report to the flow.
+    finished: Vec<u64>,
+}
+
+impl CallMedia {
+    fn lock(&self) -> MutexGuard<'_, MediaState> {
+        // A panic elsewhere must not silence every later frame of this call.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Frame counts of one shard slot, added to the process counters once per slot.
+#[derive(Default)]
+struct SlotStats {
+    frames: u64,
+    late_10ms: u64,
+    late_20ms: u64,
+    max_us: u64,
+}
+
+impl SlotStats {
+    fn record(&mut self, lateness: Duration) {
+        let us = u64::try_from(lateness.as_micros()).unwrap_or(u64::MAX);
+        self.frames += 1;
+        if us > 10_000 {
+            self.late_10ms += 1;
+        }
+        if us > 20_000 {
+            self.late_20ms += 1;
+        }
+        self.max_us = self.max_us.max(us);
+    }
+}
+
+fn shard_thread(rx: std::sync::mpsc::Receiver<ClockEntry>) {
+    use std::sync::mpsc::TryRecvError;
+    let mut calls: Vec<ClockEntry> = Vec::new();
+    let mut slot = Instant::now();
+    loop {
+        if calls.is_empty() {
+            // Idle: block until a call arrives instead of ticking for nobody.
+            match rx.recv() {
+                Ok(e) => calls.push(e),
+                Err(_) => return,
+            }
+            slot = Instant::now();
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(e) => calls.push(e),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) if calls.is_empty() => return,
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        let mut stats = SlotStats::default();
+        calls.retain(|e| {
+            if e.media.ended.load(Ordering::Acquire) {
+                return false;
+            }
+            e.tick(slot, &mut stats);
+            true
+        });
+        super::metrics::record_slot(stats.frames, stats.late_10ms, stats.late_20ms, stats.max_us);
+        // Behind schedule (a stall longer than a frame): the next slots run back to back, so
+        // every call still sends one frame per 20 ms of elapsed time, like a burst interval.
+        slot += FRAME;
+        let now = Instant::now();
+        if slot > now {
+            std::thread::sleep(slot - now);
+        }
+    }
+}
+
+impl ClockEntry {
+    /// One 20 ms slot: play the next frame (or silence) and keep RTCP going.
+    fn tick(&self, slot: Instant, stats: &mut SlotStats) {
+        let mut st = self.media.lock();
+        let now = Instant::now();
+        let mut finished = None;
+        let frame = match st.player.as_mut() {
+            Some((id, p)) => match p.next_frame() {
+                Some(f) => Some(f),
+                None => {
+                    finished = Some(*id);
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(m) = st.media.as_mut() {
+            if let Some((pkt, dest)) = m.send_frame(frame.as_ref(), now) {
+                let _ = self.rtp.try_send_to(pkt, dest);
+            }
+            // Caller audio is drained every tick; speech recognition and recording will consume it.
+            while m.pop_audio(now).is_some() {}
+            if let Some((pkt, dest)) = m.poll_rtcp(now) {
+                let _ = self.rtcp.try_send_to(&pkt, dest);
+            }
+        }
+        stats.record(now.saturating_duration_since(slot));
+        if let Some(id) = finished {
+            st.player = None;
+            st.finished.push(id);
+            drop(st);
+            self.media.finished.notify_one();
+        }
+    }
 }
 
 /// Why and by whom a call ended, for the CDR.
@@ -81,9 +265,8 @@ pub async fn run_call(
         caller: inc.from_user.clone(),
         sip,
         flow: CallFlow::new(dialplan),
-        media: None,
+        media: Arc::default(),
         codec: None,
-        player: None,
         answered_at: None,
         sdp_version: 1,
         session_id: rand::random::<u32>() as u64,
@@ -91,6 +274,7 @@ pub async fn run_call(
         hangup_sent: false,
     };
     let ending = c.run(inc, &mut events).await;
+    c.media.ended.store(true, Ordering::Release);
     let rec = c.flow.record();
     let outcome = match (&rec.outcome, c.answered_at) {
         (_, None) if ending.cause == "no-common-codec" => "rejected".to_string(),
@@ -98,7 +282,7 @@ pub async fn run_call(
         (Outcome::InProgress, _) => "abandoned".to_string(),
         (o, _) => outcome_name(o),
     };
-    let stats = c.media.as_ref().map(|m| {
+    let stats = c.media.lock().media.as_ref().map(|m| {
         let s = m.stats();
         serde_json::json!({
             "sent": s.packets_sent, "received": s.packets_received, "lost": s.packets_lost,
@@ -142,9 +326,8 @@ struct Call {
     caller: Option<String>,
     sip: mpsc::UnboundedSender<SipCommand>,
     flow: CallFlow,
-    media: Option<MediaSession>,
+    media: Arc<CallMedia>,
     codec: Option<CodecKind>,
-    player: Option<(u64, Player)>,
     answered_at: Option<chrono::DateTime<chrono::Utc>>,
     sdp_version: u64,
     session_id: u64,
@@ -170,6 +353,7 @@ impl Call {
             }
         };
         self.local_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let (rtp, rtcp) = (Arc::new(rtp), Arc::new(rtcp));
 
         // Offer in the INVITE: answer it now. No offer (late offer): we offer in the 200 OK and
         // the caller answers in the ACK.
@@ -206,21 +390,52 @@ impl Call {
                 self.sdp_version,
             ),
         };
+        if !self.ctx.answer_after.is_zero() {
+            let _ = self.sip.send(SipCommand::Ring(self.call));
+            let ring = tokio::time::sleep(self.ctx.answer_after);
+            tokio::pin!(ring);
+            loop {
+                tokio::select! {
+                    _ = &mut ring => break,
+                    ev = events.recv() => match ev {
+                        Some(CallEvent::Ended { cause }) => {
+                            let _ = self.flow.handle(FlowEvent::Hangup, Instant::now());
+                            let cause = if matches!(cause, EndCause::Cancelled) { "cancel" } else { "ended-while-ringing" };
+                            return Ending { cause: cause.into(), side: "caller" };
+                        }
+                        Some(CallEvent::Shutdown) | None => {
+                            let _ = self.sip.send(SipCommand::Reject(self.call, 503));
+                            return Ending { cause: "shutdown".into(), side: "warmline" };
+                        }
+                        Some(other) => tracing::debug!(call_id = %self.call_id, event = ?other, "ignored while ringing"),
+                    },
+                }
+            }
+        }
         let _ = self
             .sip
             .send(SipCommand::Answer(self.call, local_sdp.into_bytes()));
 
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        self.ctx.media_clock.register(ClockEntry {
+            media: self.media.clone(),
+            rtp: rtp.clone(),
+            rtcp: rtcp.clone(),
+        });
+        let media = self.media.clone();
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
         let mut confirmed = false;
+        // One timer for the flow's deadline, re-armed only when the deadline moves: creating a
+        // fresh `sleep_until` on every pass through the loop registered a timer per media tick.
+        let mut armed = self.flow.poll_timeout();
+        let flow_timer = tokio::time::sleep_until(timer_instant(armed));
+        tokio::pin!(flow_timer);
         loop {
-            let flow_deadline = self
-                .flow
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let wanted = self.flow.poll_timeout();
+            if wanted != armed {
+                armed = wanted;
+                flow_timer.as_mut().reset(timer_instant(armed));
+            }
             tokio::select! {
                 ev = events.recv() => {
                     let Some(ev) = ev else {
@@ -228,7 +443,7 @@ impl Call {
                     };
                     match ev {
                         CallEvent::Confirmed { remote_sdp } => {
-                            if self.media.is_none() {
+                            if self.media.lock().media.is_none() {
                                 let Some(answer) = remote_sdp else {
                                     self.hangup();
                                     return Ending { cause: "no-sdp-in-ack".into(), side: "warmline" };
@@ -251,11 +466,10 @@ impl Call {
                             if !confirmed {
                                 confirmed = true;
                                 tracing::info!(call_id = %self.call_id, "call: answered");
-                                let t = chrono::Utc::now();
-                                self.answered_at = Some(t);
-                                if let Err(e) = self.ctx.store.cdr_answered(self.cdr_id, t).await {
-                                    tracing::error!(call_id = %self.call_id, error = %e, "cannot write answer time");
-                                }
+                                // Stored with the end of the call (`CdrEnd::answered_at`): one
+                                // commit less per call. A crash mid-call leaves the row open and
+                                // `close_interrupted` marks it.
+                                self.answered_at = Some(chrono::Utc::now());
                                 let actions = self.flow.handle(FlowEvent::Answered, Instant::now());
                                 if let Some(e) = self.apply(actions).await { return e; }
                             }
@@ -282,8 +496,12 @@ impl Call {
                         }
                     }
                 }
-                _ = tick.tick() => {
-                    if let Some(e) = self.on_tick(&rtp, &rtcp).await { return e; }
+                _ = media.finished.notified() => {
+                    let done = std::mem::take(&mut self.media.lock().finished);
+                    for playback in done {
+                        let actions = self.flow.handle(FlowEvent::PlaybackFinished { playback }, Instant::now());
+                        if let Some(e) = self.apply(actions).await { return e; }
+                    }
                 }
                 r = rtp.recv_from(&mut rtp_buf) => {
                     if let Ok((n, from)) = r {
@@ -291,11 +509,17 @@ impl Call {
                     }
                 }
                 r = rtcp.recv_from(&mut rtcp_buf) => {
-                    if let (Ok((n, from)), Some(m)) = (r, self.media.as_mut()) {
-                        m.handle_rtcp(rtcp_buf.get(..n).unwrap_or_default(), from, Instant::now());
+                    if let Ok((n, from)) = r {
+                        if let Some(m) = self.media.lock().media.as_mut() {
+                            m.handle_rtcp(rtcp_buf.get(..n).unwrap_or_default(), from, Instant::now());
+                        }
                     }
                 }
-                _ = tokio::time::sleep_until(flow_deadline) => {
+                _ = &mut flow_timer => {
+                    // Re-armed at the top of the loop from the flow's next deadline (an hour
+                    // away when it has none), so a fired timer never fires again in a spin.
+                    armed = None;
+                    flow_timer.as_mut().reset(timer_instant(None));
                     let actions = self.flow.handle_timeout(Instant::now());
                     if let Some(e) = self.apply(actions).await { return e; }
                 }
@@ -342,7 +566,7 @@ impl Call {
         let mut m = MediaSession::new(self.media_config(neg), rand::random(), Instant::now())?;
         m.set_sending(sends(neg.remote_direction));
         self.codec = Some(neg.codec);
-        self.media = Some(m);
+        self.media.lock().media = Some(m);
         Ok(())
     }
 
@@ -365,10 +589,12 @@ impl Call {
         match self.negotiate(&offer) {
             Ok((neg, answer)) => {
                 let cfg = self.media_config(&neg);
-                let applied = match self.media.as_mut() {
-                    Some(m) => m
-                        .update(cfg)
-                        .map(|_| m.set_sending(sends(neg.remote_direction))),
+                let updated = self.media.lock().media.as_mut().map(|m| {
+                    m.update(cfg)
+                        .map(|_| m.set_sending(sends(neg.remote_direction)))
+                });
+                let applied = match updated {
+                    Some(r) => r,
                     None => self.start_media(&neg),
                 };
                 if applied.is_ok() {
@@ -387,50 +613,19 @@ impl Call {
         }
     }
 
-    /// The 20 ms media clock: play the next frame (or silence) and keep RTCP going.
-    async fn on_tick(&mut self, rtp: &UdpSocket, rtcp: &UdpSocket) -> Option<Ending> {
-        let now = Instant::now();
-        let mut finished = None;
-        let frame = match self.player.as_mut() {
-            Some((id, p)) => match p.next_frame() {
-                Some(f) => Some(f),
-                None => {
-                    finished = Some(*id);
-                    None
-                }
-            },
-            None => None,
-        };
-        if let Some(m) = self.media.as_mut() {
-            if let Some((pkt, dest)) = m.send_frame(frame.as_ref(), now) {
-                let _ = rtp.try_send_to(pkt, dest);
-            }
-            // Caller audio is drained every tick; speech recognition and recording will consume it.
-            while m.pop_audio(now).is_some() {}
-            if let Some((pkt, dest)) = m.poll_rtcp(now) {
-                let _ = rtcp.try_send_to(&pkt, dest);
-            }
-        }
-        if let Some(id) = finished {
-            self.player = None;
-            let actions = self
-                .flow
-                .handle(FlowEvent::PlaybackFinished { playback: id }, now);
-            return self.apply(actions).await;
-        }
-        None
-    }
-
     async fn on_rtp(&mut self, data: &[u8], from: SocketAddr) -> Option<Ending> {
         let now = Instant::now();
-        let m = self.media.as_mut()?;
-        m.handle_rtp(data, from, now);
         let mut digits = Vec::new();
-        while let Some(ev) = m.poll_event() {
-            match ev {
-                MediaEvent::Dtmf { digit } => digits.push(digit),
-                MediaEvent::RemoteAddressLearned(a) => {
-                    tracing::debug!(call_id = %self.call_id, addr = %a, "rtp: symmetric address learned")
+        {
+            let mut st = self.media.lock();
+            let m = st.media.as_mut()?;
+            m.handle_rtp(data, from, now);
+            while let Some(ev) = m.poll_event() {
+                match ev {
+                    MediaEvent::Dtmf { digit } => digits.push(digit),
+                    MediaEvent::RemoteAddressLearned(a) => {
+                        tracing::debug!(call_id = %self.call_id, addr = %a, "rtp: symmetric address learned")
+                    }
                 }
             }
         }
@@ -461,9 +656,9 @@ impl Call {
                             clip
                         })
                         .collect();
-                    self.player = Some((playback, Player::new(clips)));
+                    self.media.lock().player = Some((playback, Player::new(clips)));
                 }
-                FlowAction::StopPlayback => self.player = None,
+                FlowAction::StopPlayback => self.media.lock().player = None,
                 FlowAction::OptOut => {
                     // The caller is told "you will not be called again" right after this: commit first.
                     let number = self.caller.clone().unwrap_or_default();
@@ -513,6 +708,14 @@ impl Call {
             self.hangup_sent = true;
             let _ = self.sip.send(SipCommand::Hangup(self.call));
         }
+    }
+}
+
+/// A timer instant for a deadline; far away for none.
+fn timer_instant(deadline: Option<Instant>) -> tokio::time::Instant {
+    match deadline {
+        Some(t) => tokio::time::Instant::from_std(t),
+        None => tokio::time::Instant::now() + FAR_AWAY,
     }
 }
 

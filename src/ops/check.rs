@@ -134,3 +134,54 @@ pub fn print_cdrs(cfg: &Config, json: bool, limit: i64) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+pub fn print_opt_outs(cfg: &Config, json: bool) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rows = rt.block_on(async {
+        let store = Store::open(&cfg.storage_url()).await?;
+        let rows = store.opt_outs().await;
+        store.close().await;
+        rows
+    });
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        println!(
+            "{:<24} {:<20} {:<8} {:<14} call",
+            "since", "number", "scope", "source"
+        );
+        for r in rows {
+            println!(
+                "{:<24} {:<20} {:<8} {:<14} {}",
+                r.created_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                r.number,
+                r.scope,
+                r.source,
+                r.call_id.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,6 +1,7 @@
 //! The tokio shell: sockets, timers, per-call tasks and the database around the sans-IO cores.
 pub mod call;
 pub mod check;
+pub mod metrics;
 pub mod ports;
 pub mod server;
 pub mod transport;

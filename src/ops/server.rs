@@ -12,7 +12,7 @@ use crate::media::prompt::PromptStore;
 use crate::sip::endpoint::{Endpoint, EndpointConfig, IncomingCall};
 use crate::store::{Store, StoreError};
 
-use super::call::{run_call, CallContext};
+use super::call::{run_call, CallContext, MediaClock};
 use super::ports::PortAllocator;
 use super::transport::{CallEvent, CallSpawner, SipCommand, SipServer};
 
@@ -26,6 +26,8 @@ pub enum ServeError {
     Prompts { dir: PathBuf, message: String },
     #[error("{0}")]
     Dialplan(#[from] DialplanError),
+    #[error("cannot start the media clock threads: {0}")]
+    MediaClock(std::io::Error),
     #[error("cannot listen for SIP on {addr} (UDP and TCP): {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -50,6 +52,7 @@ impl CallSpawner for Spawner {
             return Err(503);
         }
         self.ctx.active.fetch_add(1, Ordering::Relaxed);
+        super::metrics::CALLS_TOTAL.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
@@ -102,8 +105,23 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         media_ip: cfg.media_ip(),
         codecs,
         jitter: Duration::from_millis(cfg.rtp.jitter_ms),
+        answer_after: Duration::from_millis(cfg.ivr.answer_after_ms),
         active: Default::default(),
+        // One shard thread per core: each sends the RTP of its share of the calls.
+        media_clock: MediaClock::start(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .min(8),
+        )
+        .map_err(ServeError::MediaClock)?,
     });
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            super::metrics::log_periodically(Duration::from_secs(10), &ctx.active).await
+        });
+    }
     let mut ep_cfg = EndpointConfig::new(cfg.public_addr());
     ep_cfg.user_agent = cfg.sip.user_agent.clone();
     let limits = ep_cfg.limits.clone();

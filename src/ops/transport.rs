@@ -123,18 +123,24 @@ impl SipServer {
         tokio::pin!(shutdown);
         let mut stopping: Option<tokio::time::Instant> = None;
         let mut buf = vec![0u8; 65_536];
+        // One timer, re-armed only when the next deadline moves (not a new timer per loop).
+        let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+        let mut armed: Option<tokio::time::Instant> = None;
+        let timer = tokio::time::sleep_until(far());
+        tokio::pin!(timer);
         loop {
             let timeout = self
                 .endpoint
                 .poll_timeout()
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or_else(|| {
-                    tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
-                });
-            let deadline = match stopping {
-                Some(s) => timeout.min(s),
-                None => timeout,
+                .map(tokio::time::Instant::from_std);
+            let deadline = match (timeout, stopping) {
+                (Some(t), Some(s)) => Some(t.min(s)),
+                (t, s) => t.or(s),
             };
+            if deadline != armed {
+                armed = deadline;
+                timer.as_mut().reset(deadline.unwrap_or_else(far));
+            }
             tokio::select! {
                 r = self.udp.recv_from(&mut buf) => {
                     match r {
@@ -159,7 +165,10 @@ impl SipServer {
                         self.on_command(cmd);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut timer => {
+                    // Re-armed from the endpoint's next deadline at the top of the loop.
+                    armed = None;
+                    timer.as_mut().reset(far());
                     if let Some(s) = stopping {
                         if tokio::time::Instant::now() >= s {
                             tracing::warn!(calls = self.calls.len(), "grace period over; exiting with calls still up");
@@ -275,7 +284,15 @@ impl SipServer {
     async fn send(&mut self, t: Transmit) {
         match t.transport {
             Transport::Udp => {
-                if let Err(e) = self.udp.send_to(&t.payload, t.destination).await {
+                // Non-blocking first: the socket buffer almost always has room, and this skips
+                // a readiness future per datagram. Only a full buffer waits.
+                let sent = match self.udp.try_send_to(&t.payload, t.destination) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        self.udp.send_to(&t.payload, t.destination).await
+                    }
+                    r => r,
+                };
+                if let Err(e) = sent {
                     tracing::debug!(dest = %t.destination, error = %e, "udp send failed");
                 }
             }

@@ -6,6 +6,7 @@
 //! Rationale, durability settings and migration policy: docs/adr/0002-storage.md.
 
 mod number;
+mod writer;
 
 pub use number::normalise_number;
 
@@ -109,6 +110,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// SQLite writes go through one group-committing writer task (see `writer`).
+    writer: Option<writer::GroupWriter>,
     /// Storage URL with the password redacted, for errors and logs.
     url: Arc<str>,
 }
@@ -310,8 +313,13 @@ impl Store {
                 url: shown.to_string(),
             });
         };
+        let writer = match &backend {
+            Backend::Sqlite(pool) => Some(writer::GroupWriter::spawn(pool.clone())),
+            Backend::Postgres(_) => None,
+        };
         let store = Store {
             backend,
+            writer,
             url: shown,
         };
         store.migrate().await?;
@@ -344,6 +352,20 @@ impl Store {
         }
     }
 
+    /// Runs one write through the group-commit writer; answers the rows it changed.
+    async fn write_rows(
+        &self,
+        w: &writer::GroupWriter,
+        op: &'static str,
+        sql: &'static str,
+        args: Vec<writer::Arg>,
+    ) -> Result<u64, StoreError> {
+        w.write(writer::Write::new(sql, args, false))
+            .await
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(self.query_err(op))
+    }
+
     fn expect_one(&self, op: &'static str, id: i64, rows: u64) -> Result<(), StoreError> {
         if rows == 0 {
             Err(StoreError::NoSuchCdr {
@@ -359,6 +381,24 @@ impl Store {
     /// Inserts the CDR when the INVITE arrives, so a call that dies mid-way still leaves a
     /// row. Returns the row id for the later updates.
     pub async fn cdr_start(&self, c: &CdrStart) -> Result<i64, StoreError> {
+        if let Some(w) = &self.writer {
+            use writer::Arg::{OptText, Text};
+            let args = vec![
+                Text(c.call_id.clone()),
+                Text(c.direction.clone()),
+                Text(c.from_uri.clone()),
+                Text(c.to_uri.clone()),
+                OptText(c.caller_number.clone()),
+                Text(c.remote_addr.clone()),
+                Text(c.transport.clone()),
+                OptText(c.dialplan.clone()),
+                writer::Arg::Int(to_ms(c.started_at)),
+            ];
+            return w
+                .write(writer::Write::new(INSERT_CDR, args, true))
+                .await
+                .map_err(self.query_err("cdr_start"));
+        }
         on_pool!(self, pool => sqlx::query_scalar::<_, i64>(INSERT_CDR)
             .bind(c.call_id.as_str())
             .bind(c.direction.as_str())
@@ -376,6 +416,11 @@ impl Store {
 
     pub async fn cdr_answered(&self, id: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
         const OP: &str = "cdr_answered";
+        if let Some(w) = &self.writer {
+            let args = vec![writer::Arg::Int(id), writer::Arg::Int(to_ms(at))];
+            let done = self.write_rows(w, OP, ANSWER_CDR, args).await?;
+            return self.expect_one(OP, id, done);
+        }
         let done = on_pool!(self, pool => sqlx::query(ANSWER_CDR)
             .bind(id)
             .bind(to_ms(at))
@@ -395,6 +440,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         const OP: &str = "cdr_progress";
         let path = encode_path(OP, path)?;
+        if let Some(w) = &self.writer {
+            use writer::Arg::{Int, Text};
+            let args = vec![Int(id), Text(path), Text(digits.to_owned())];
+            let done = self.write_rows(w, OP, PROGRESS_CDR, args).await?;
+            return self.expect_one(OP, id, done);
+        }
         let done = on_pool!(self, pool => sqlx::query(PROGRESS_CDR)
             .bind(id)
             .bind(path.as_str())
@@ -409,6 +460,23 @@ impl Store {
     pub async fn cdr_end(&self, id: i64, e: &CdrEnd) -> Result<(), StoreError> {
         const OP: &str = "cdr_end";
         let path = encode_path(OP, &e.path)?;
+        if let Some(w) = &self.writer {
+            use writer::Arg::{Int, OptInt, OptText, Text};
+            let args = vec![
+                Int(id),
+                Int(to_ms(e.ended_at)),
+                OptInt(e.answered_at.map(to_ms)),
+                Text(path),
+                Text(e.digits.clone()),
+                Text(e.outcome.clone()),
+                Text(e.hangup_cause.clone()),
+                Text(e.hangup_side.clone()),
+                OptText(e.codec.clone()),
+                OptText(e.rtp_stats.clone()),
+            ];
+            let done = self.write_rows(w, OP, END_CDR, args).await?;
+            return self.expect_one(OP, id, done);
+        }
         let done = on_pool!(self, pool => sqlx::query(END_CDR)
             .bind(id)
             .bind(to_ms(e.ended_at))
@@ -478,6 +546,21 @@ impl Store {
                 op: OP,
                 raw: number.to_owned(),
             });
+        }
+        if let Some(w) = &self.writer {
+            use writer::Arg::{Int, OptText, Text};
+            let args = vec![
+                Text(normalised),
+                Text(number.to_owned()),
+                Text(GLOBAL_SCOPE.to_owned()),
+                Text(source.to_owned()),
+                OptText(call_id.map(str::to_owned)),
+                Int(to_ms(at)),
+            ];
+            return self
+                .write_rows(w, OP, INSERT_OPT_OUT, args)
+                .await
+                .map(|_| ());
         }
         on_pool!(self, pool => sqlx::query(INSERT_OPT_OUT)
             .bind(normalised.as_str())
