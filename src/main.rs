@@ -68,8 +68,8 @@ fn main() -> ExitCode {
             match rt.block_on(ops::server::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Logging goes to stderr (and the journal under systemd): one line is enough.
                     tracing::error!("{e}");
-                    eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -260,7 +260,6 @@ pub async fn run_call(
     let mut c = Call {
         ctx: ctx.clone(),
         call,
-        cdr_id,
         call_id: inc.call_id.clone(),
         caller: inc.from_user.clone(),
         sip,
@@ -321,7 +320,6 @@ fn outcome_name(o: &Outcome) -> String {
 struct Call {
     ctx: Arc<CallContext>,
     call: CallHandle,
-    cdr_id: i64,
     call_id: String,
     caller: Option<String>,
     sip: mpsc::UnboundedSender<SipCommand>,

@@ -29,7 +29,7 @@ pub fn run(cfg: &Config, only: &[PathBuf]) -> ExitCode {
         only.to_vec()
     };
     let (mut errors, mut warnings) = (0usize, 0usize);
-    if !only.iter().any(|p| *p == cfg.dialplan_path()) && !files.contains(&cfg.dialplan_path()) {
+    if !cfg.dialplan_path().is_file() {
         eprintln!(
             "{}: error: ivr.dialplan = '{}' but no such dialplan file exists",
             cfg.dialplan_path().display(),
