@@ -81,23 +81,31 @@ fn dialplan_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub fn print_cdrs(cfg: &Config, json: bool, limit: i64) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// Opens the store, runs one query and closes it again, for the offline commands.
+fn query_store<T, F, Fut>(cfg: &Config, query: F) -> Result<Vec<T>, String>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, crate::store::StoreError>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let rows = rt.block_on(async {
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
         let store = Store::open(&cfg.storage_url()).await?;
-        let rows = store.recent_cdrs(limit).await;
+        let rows = query(store.clone()).await;
         store.close().await;
         rows
-    });
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Prints rows as JSON or through `table`; the exit status says whether it worked.
+fn print_rows<T: serde::Serialize>(
+    rows: Result<Vec<T>, String>,
+    json: bool,
+    table: impl FnOnce(Vec<T>),
+) -> ExitCode {
     let rows = match rows {
         Ok(r) => r,
         Err(e) => {
@@ -105,15 +113,25 @@ pub fn print_cdrs(cfg: &Config, json: bool, limit: i64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if json {
-        match serde_json::to_string_pretty(&rows) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+    if !json {
+        table(rows);
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::to_string_pretty(&rows) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
         }
-    } else {
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn print_cdrs(cfg: &Config, json: bool, limit: i64) -> ExitCode {
+    let rows = query_store(cfg, |s| async move { s.recent_cdrs(limit).await });
+    print_rows(rows, json, |rows| {
         println!(
             "{:<24} {:<20} {:<10} {:>8}  {:<28} digits",
             "started", "caller", "outcome", "secs", "path"
@@ -131,43 +149,12 @@ pub fn print_cdrs(cfg: &Config, json: bool, limit: i64) -> ExitCode {
                 r.digits
             );
         }
-    }
-    ExitCode::SUCCESS
+    })
 }
 
 pub fn print_opt_outs(cfg: &Config, json: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let rows = rt.block_on(async {
-        let store = Store::open(&cfg.storage_url()).await?;
-        let rows = store.opt_outs().await;
-        store.close().await;
-        rows
-    });
-    let rows = match rows {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if json {
-        match serde_json::to_string_pretty(&rows) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
+    let rows = query_store(cfg, |s| async move { s.opt_outs().await });
+    print_rows(rows, json, |rows| {
         println!(
             "{:<24} {:<20} {:<8} {:<14} call",
             "since", "number", "scope", "source"
@@ -182,6 +169,5 @@ pub fn print_opt_outs(cfg: &Config, json: bool) -> ExitCode {
                 r.call_id.as_deref().unwrap_or("-")
             );
         }
-    }
-    ExitCode::SUCCESS
+    })
 }

@@ -304,6 +304,30 @@ pub struct Daemon {
     child: Option<Child>,
     runs: AtomicU32,
     dir: TempDir,
+    opts: DaemonOpts,
+}
+
+/// Starts `warmline serve` with its output appended to `log_path`.
+fn spawn_serve(opts: &DaemonOpts, config_path: &Path, log_path: &Path, cwd: &Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap_or_else(|e| panic!("open log {}: {e}", log_path.display()));
+    let log2 = log.try_clone().unwrap_or_else(|e| panic!("clone log: {e}"));
+    Command::new(warmline_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .env("RUST_LOG", &opts.rust_log)
+        .env("NO_COLOR", "1")
+        .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", warmline_bin().display()))
 }
 
 impl Daemon {
@@ -321,21 +345,7 @@ impl Daemon {
         )
         .unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
         let log_path = dir.path().join("warmline.log");
-        let log = fs::File::create(&log_path).unwrap_or_else(|e| panic!("create log: {e}"));
-        let log2 = log.try_clone().unwrap_or_else(|e| panic!("clone log: {e}"));
-        let child = Command::new(warmline_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", &opts.rust_log)
-            .env("NO_COLOR", "1")
-            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", warmline_bin().display()));
+        let child = spawn_serve(&opts, &config_path, &log_path, dir.path());
         let mut daemon = Daemon {
             sip_addr,
             rtp_range,
@@ -345,9 +355,26 @@ impl Daemon {
             child: Some(child),
             runs: AtomicU32::new(0),
             dir,
+            opts: opts.clone(),
         };
         daemon.wait_ready(opts.ready_timeout);
         daemon
+    }
+
+    /// `kill -9` the daemon (no chance to finish anything), then start it again on the same
+    /// config, state and ports, and wait until it answers.
+    pub fn kill9_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.child = Some(spawn_serve(
+            &self.opts,
+            &self.config_path,
+            &self.log_path,
+            self.dir.path(),
+        ));
+        self.wait_ready(self.opts.ready_timeout);
     }
 
     fn wait_ready(&mut self, timeout: Duration) {
