@@ -3,6 +3,7 @@
 //! Protocol and decision logic lives in sans-IO state machines (`sip`, `media`, `ivr`);
 //! the tokio shell in `ops` owns sockets, timers and the database (`store`).
 pub mod config;
+pub mod dialer;
 pub mod ivr;
 pub mod media;
 pub mod ops;

@@ -1348,7 +1348,7 @@ fn syntax_message(message: &str, text: &str, span: &Span) -> String {
 }
 
 /// Keeps control characters and huge strings out of diagnostics.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     const MAX: usize = 60;
     let mut out: String = s
         .chars()
@@ -1422,7 +1422,7 @@ fn menu_name_problem(name: &str) -> Option<String> {
 }
 
 /// Prompt names map to files under the prompt directory, so they must stay inside it.
-fn prompt_name_problem(name: &str) -> Option<String> {
+pub(crate) fn prompt_name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("it is empty".to_string());
     }
@@ -1471,7 +1471,10 @@ fn target_problem(target: &str) -> Option<String> {
 }
 
 /// The closest candidate within a small edit distance (transpositions count once).
-fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+pub(crate) fn did_you_mean<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
     let word: Vec<char> = word.to_lowercase().chars().collect();
     if word.is_empty() || word.len() > 64 {
         return None;
