@@ -45,6 +45,7 @@ opt-out-confirmed	You will no longer receive reminder calls from Warmline Bank.
 goodbye	Thank you for calling Warmline Bank. Goodbye.
 no-input	Sorry, we did not hear a selection.
 no-match	Sorry, that is not a valid option.
+reminders/coupon-expiry	Hello, this is Warmline Bank with a reminder: a coupon on your account expires soon. To confirm you heard this message, press 1. To speak to an agent, press 0. To stop these reminder calls, press 9.
 EOF
 )"
 
@@ -71,7 +72,8 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 render() { # name text -> $OUT/name.wav
-    local name="$1" text="$2" raw="$TMP/$1.raw.wav"
+    local name="$1" text="$2" raw="$TMP/${1//\//_}.raw.wav"
+    mkdir -p "$(dirname "$OUT/$name.wav")"
     if [ "$ENGINE" = piper ]; then
         # HF_HUB_OFFLINE: belt and braces, nothing is fetched; the voice is a local file.
         printf '%s\n' "$text" | HF_HUB_OFFLINE=1 "$VENV/bin/piper" -m "$MODEL" -c "$CONFIG" \

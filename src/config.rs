@@ -30,6 +30,28 @@ pub struct Config {
     pub ivr: IvrConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub dialer: DialerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialerConfig {
+    /// The global fatigue rule, across all campaigns; campaigns may only make it stricter.
+    pub fatigue_max_contacts: u32,
+    /// e.g. "7d", "36h".
+    pub fatigue_window: String,
+    /// What counts as a contact: answered_by_person, answered, attempted.
+    pub fatigue_counts: String,
+}
+
+impl Default for DialerConfig {
+    fn default() -> Self {
+        Self {
+            fatigue_max_contacts: 1,
+            fatigue_window: "7d".into(),
+            fatigue_counts: "answered_by_person".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +82,7 @@ pub struct PathsConfig {
     pub state_dir: PathBuf,
     pub dialplans: PathBuf,
     pub prompts: PathBuf,
+    pub campaigns: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +136,7 @@ impl Default for PathsConfig {
             state_dir: PathBuf::from("state"),
             dialplans: PathBuf::from("dialplans"),
             prompts: PathBuf::from("voice-prompts"),
+            campaigns: PathBuf::from("campaigns"),
         }
     }
 }
@@ -143,6 +167,7 @@ impl Default for Config {
             ivr: IvrConfig::default(),
             storage: StorageConfig::default(),
             log: LogConfig::default(),
+            dialer: DialerConfig::default(),
         }
     }
 }
@@ -166,6 +191,7 @@ impl Config {
             &mut cfg.paths.state_dir,
             &mut cfg.paths.dialplans,
             &mut cfg.paths.prompts,
+            &mut cfg.paths.campaigns,
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -239,6 +265,9 @@ impl Config {
                 ),
             );
         }
+        if let Err(message) = self.try_global_fatigue() {
+            return fail("fatigue_window", message);
+        }
         if self.ivr.dialplan.is_empty() {
             return fail("dialplan", "ivr.dialplan must name a dialplan".into());
         }
@@ -262,6 +291,32 @@ impl Config {
                 self.paths.state_dir.join("warmline.db").display()
             ),
         }
+    }
+
+    /// The global fatigue rule from `[dialer]` (validated at load, so this cannot fail there).
+    pub fn global_fatigue(&self) -> crate::dialer::policy::FatigueRule {
+        self.try_global_fatigue().unwrap_or_default()
+    }
+
+    fn try_global_fatigue(&self) -> Result<crate::dialer::policy::FatigueRule, String> {
+        use crate::dialer::policy::{parse_duration, ContactCounting, FatigueRule};
+        let d = &self.dialer;
+        let window = parse_duration(&d.fatigue_window)
+            .map_err(|e| format!("dialer.fatigue_window = '{}': {e}", d.fatigue_window))?;
+        let counts = ContactCounting::parse(&d.fatigue_counts).ok_or_else(|| {
+            format!(
+                "dialer.fatigue_counts = '{}': use answered_by_person, answered or attempted",
+                d.fatigue_counts
+            )
+        })?;
+        if d.fatigue_max_contacts == 0 {
+            return Err("dialer.fatigue_max_contacts must be at least 1".into());
+        }
+        Ok(FatigueRule {
+            max_contacts: d.fatigue_max_contacts,
+            window,
+            counts,
+        })
     }
 
     pub fn dialplan_path(&self) -> PathBuf {
@@ -332,6 +387,21 @@ mod tests {
         let text = "[rtp]\ncodecs = [\"pcmu\", \"g729\"]\n";
         let err = Config::parse(Path::new("w.toml"), text).unwrap_err();
         assert!(err.to_string().contains("g729"), "{err}");
+    }
+
+    #[test]
+    fn global_fatigue_defaults_and_errors() {
+        let cfg = Config::load(None).unwrap();
+        let f = cfg.global_fatigue();
+        assert_eq!((f.max_contacts, f.window), (1, chrono::Duration::days(7)));
+        let text = "[dialer]\nfatigue_window = \"7 days\"\n";
+        let err = Config::parse(Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("w.toml:2:1:") && err.contains("7 days"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -38,11 +38,25 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+    /// Reminder campaigns (campaigns/<name>.toml + contacts CSV).
+    Campaign {
+        #[command(subcommand)]
+        action: CampaignAction,
+    },
     /// Show the global do-not-call list (callers who pressed the opt-out key).
     OptOuts {
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CampaignAction {
+    /// Validate a campaign file, its prompts or dialplan and every contacts row.
+    Check {
+        /// Campaign name (campaigns/<name>.toml) or a path to the file.
+        name: String,
     },
 }
 
@@ -77,6 +91,9 @@ fn main() -> ExitCode {
         Command::Check { dialplans } => ops::check::run(&cfg, &dialplans),
         Command::Cdr { json, limit } => ops::check::print_cdrs(&cfg, json, limit),
         Command::OptOuts { json } => ops::check::print_opt_outs(&cfg, json),
+        Command::Campaign {
+            action: CampaignAction::Check { name },
+        } => ops::campaign::check(&cfg, &name),
     }
 }
 

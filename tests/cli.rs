@@ -113,3 +113,39 @@ fn serve_refuses_a_missing_dialplan_and_says_which() {
     assert!(!o.status.success(), "{out}");
     assert!(out.contains("nope.toml"), "{out}");
 }
+
+#[test]
+fn campaign_check_reports_bad_contact_rows_by_line() {
+    let o = warmline(&["campaign", "check", "coupon-expiry"], repo());
+    let out = text(&o);
+    // The example CSV carries two deliberate mistakes (documented in docs/campaigns.md).
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("coupon-expiry.csv:line 5: phone:"), "{out}");
+    assert!(out.contains("coupon-expiry.csv:line 9: timezone:"), "{out}");
+    assert!(out.contains("8 usable, 2 bad"), "{out}");
+}
+
+#[test]
+fn campaign_check_fails_on_a_looser_fatigue_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::fs::read_to_string(repo().join("campaigns/coupon-expiry.toml")).unwrap();
+    let file = dir.path().join("loose.toml");
+    std::fs::write(
+        &file,
+        format!("{src}\n[fatigue]\nmax_contacts = 3\n").replace(
+            "contacts = \"coupon-expiry.csv\"",
+            &format!(
+                "contacts = \"{}\"",
+                repo().join("campaigns/coupon-expiry.csv").display()
+            ),
+        ),
+    )
+    .unwrap();
+    let o = warmline(&["campaign", "check", file.to_str().unwrap()], repo());
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("allows more contacts than the global limit"),
+        "{out}"
+    );
+}

@@ -1,5 +1,6 @@
 //! The tokio shell: sockets, timers, per-call tasks and the database around the sans-IO cores.
 pub mod call;
+pub mod campaign;
 pub mod check;
 pub mod metrics;
 pub mod ports;
