@@ -9,11 +9,10 @@ CARGO ?= cargo
 run: setup
 	$(CARGO) run --release --bin warmline -- serve
 
-## Install every test peer (SIPp, baresip, espeak-ng, sox) and run the whole suite.
+## Install every test peer (SIPp, baresip, espeak-ng, sox, PostgreSQL) and run the whole suite
+## (cargo test --all-targets, store tests on SQLite and on a throw-away PostgreSQL).
 test: setup
-	scripts/setup-test-peers.sh
-	$(CARGO) fmt --check
-	$(CARGO) test --all-targets
+	scripts/test.sh
 
 setup:
 	scripts/setup-build.sh

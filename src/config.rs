@@ -21,7 +21,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sip: SipConfig,
@@ -158,20 +158,6 @@ impl Default for LogConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            sip: SipConfig::default(),
-            rtp: RtpConfig::default(),
-            paths: PathsConfig::default(),
-            ivr: IvrConfig::default(),
-            storage: StorageConfig::default(),
-            log: LogConfig::default(),
-            dialer: DialerConfig::default(),
-        }
-    }
-}
-
 impl Config {
     /// Loads `path`, or the embedded defaults when `None`. Relative paths inside a file are taken
     /// relative to the file's folder, so `warmline --config /etc/warmline/warmline.toml` works from anywhere.
@@ -233,7 +219,7 @@ impl Config {
                 ),
             );
         }
-        if self.rtp.port_min % 2 != 0 {
+        if !self.rtp.port_min.is_multiple_of(2) {
             return fail(
                 "port_min",
                 "rtp.port_min must be even (RTP takes even ports, RTCP the odd one above)".into(),

@@ -367,3 +367,38 @@ fn malformed_messages_get_400_or_are_dropped_and_service_continues() {
         "one log line per malformed message expected"
     );
 }
+
+#[test]
+fn call_interrupted_by_kill_9_leaves_a_closed_record() {
+    let mut d = Daemon::start(DaemonOpts::default());
+    // A long call in the background; the daemon dies under it.
+    let caller = Sipp::new("uac_basic.xml")
+        .target(d.sip_addr)
+        .work_dir(&d.run_dir("sipp"))
+        .caller("1011")
+        .set("hold_ms", 4_000)
+        .timeout(Duration::from_secs(15));
+    let call_id = caller.call_id(1);
+    let sipp = std::thread::spawn(move || caller.run());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d
+        .log()
+        .contains(&format!("call: answered call_id={call_id}"))
+    {
+        assert!(std::time::Instant::now() < deadline, "call never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.kill9_and_restart();
+    let _ = sipp.join();
+    let cdr = d.wait_cdr(&call_id, CDR_WAIT);
+    assert_eq!(field(&cdr, "outcome"), "interrupted", "{cdr}");
+    assert!(
+        !cdr["answered_at"].is_null(),
+        "the answer time written before the crash survives: {cdr}"
+    );
+    // The path so far is kept only if written before the crash; the row itself always is.
+    assert!(
+        d.log().contains("closed CDRs of calls interrupted"),
+        "restart reports it"
+    );
+}

@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::ivr::dialplan::Dialplan;
@@ -16,7 +15,7 @@ use crate::sip::endpoint::{CallHandle, EndCause, IncomingCall};
 use crate::sip::sdp::{self, Direction};
 use crate::store::{CdrEnd, CdrStart, Store};
 
-use super::ports::PortAllocator;
+use super::ports::{self, MediaSocket, PortAllocator};
 use super::transport::{CallEvent, SipCommand};
 
 /// Stands for "no deadline" on a timer.
@@ -85,8 +84,8 @@ impl MediaClock {
 /// One call on a shard.
 struct ClockEntry {
     media: Arc<CallMedia>,
-    rtp: Arc<UdpSocket>,
-    rtcp: Arc<UdpSocket>,
+    rtp: Arc<MediaSocket>,
+    rtcp: Arc<MediaSocket>,
 }
 
 /// A call's media state, shared by its call task (RTP in, re-INVITE, flow actions) and its
@@ -138,39 +137,57 @@ impl SlotStats {
     }
 }
 
+/// Sub-slots per 20 ms frame. Each call is served in one of them, so a shard's calls are spread
+/// over the frame (as independent per-call clocks would be) instead of all being sent in one
+/// burst, which made the last calls of a big shard a whole burst late.
+const PHASES: usize = 10;
+
 fn shard_thread(rx: std::sync::mpsc::Receiver<ClockEntry>) {
     use std::sync::mpsc::TryRecvError;
-    let mut calls: Vec<ClockEntry> = Vec::new();
+    let phase_len = FRAME / PHASES as u32;
+    let mut phases: Vec<Vec<ClockEntry>> = (0..PHASES).map(|_| Vec::new()).collect();
+    let mut calls = 0usize;
+    let mut phase = 0usize;
     let mut slot = Instant::now();
+    let add = |phases: &mut Vec<Vec<ClockEntry>>, e: ClockEntry| {
+        // The emptiest phase keeps the work per sub-slot even.
+        if let Some(p) = phases.iter_mut().min_by_key(|p| p.len()) {
+            p.push(e);
+        }
+    };
     loop {
-        if calls.is_empty() {
+        if calls == 0 {
             // Idle: block until a call arrives instead of ticking for nobody.
             match rx.recv() {
-                Ok(e) => calls.push(e),
+                Ok(e) => add(&mut phases, e),
                 Err(_) => return,
             }
             slot = Instant::now();
         }
         loop {
             match rx.try_recv() {
-                Ok(e) => calls.push(e),
+                Ok(e) => add(&mut phases, e),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) if calls.is_empty() => return,
+                Err(TryRecvError::Disconnected) if calls == 0 => return,
                 Err(TryRecvError::Disconnected) => break,
             }
         }
         let mut stats = SlotStats::default();
-        calls.retain(|e| {
-            if e.media.ended.load(Ordering::Acquire) {
-                return false;
-            }
-            e.tick(slot, &mut stats);
-            true
-        });
+        if let Some(due) = phases.get_mut(phase) {
+            due.retain(|e| {
+                if e.media.ended.load(Ordering::Acquire) {
+                    return false;
+                }
+                e.tick(slot, &mut stats);
+                true
+            });
+        }
+        calls = phases.iter().map(Vec::len).sum();
         super::metrics::record_slot(stats.frames, stats.late_10ms, stats.late_20ms, stats.max_us);
-        // Behind schedule (a stall longer than a frame): the next slots run back to back, so
-        // every call still sends one frame per 20 ms of elapsed time, like a burst interval.
-        slot += FRAME;
+        // Behind schedule (a stall longer than a sub-slot): the next sub-slots run back to back,
+        // so every call still sends one frame per 20 ms of elapsed time, like a burst interval.
+        phase = (phase + 1) % PHASES;
+        slot += phase_len;
         let now = Instant::now();
         if slot > now {
             std::thread::sleep(slot - now);
@@ -196,12 +213,13 @@ impl ClockEntry {
         };
         if let Some(m) = st.media.as_mut() {
             if let Some((pkt, dest)) = m.send_frame(frame.as_ref(), now) {
-                let _ = self.rtp.try_send_to(pkt, dest);
+                // Non-blocking: a full socket buffer drops this frame rather than stall the clock.
+                let _ = self.rtp.get_ref().send_to(pkt, dest);
             }
             // Caller audio is drained every tick; speech recognition and recording will consume it.
             while m.pop_audio(now).is_some() {}
             if let Some((pkt, dest)) = m.poll_rtcp(now) {
-                let _ = self.rtcp.try_send_to(&pkt, dest);
+                let _ = self.rtcp.get_ref().send_to(&pkt, dest);
             }
         }
         stats.record(now.saturating_duration_since(slot));
@@ -260,6 +278,7 @@ pub async fn run_call(
     let mut c = Call {
         ctx: ctx.clone(),
         call,
+        cdr_id,
         call_id: inc.call_id.clone(),
         caller: inc.from_user.clone(),
         sip,
@@ -320,6 +339,7 @@ fn outcome_name(o: &Outcome) -> String {
 struct Call {
     ctx: Arc<CallContext>,
     call: CallHandle,
+    cdr_id: i64,
     call_id: String,
     caller: Option<String>,
     sip: mpsc::UnboundedSender<SipCommand>,
@@ -339,7 +359,7 @@ impl Call {
         inc: IncomingCall,
         events: &mut mpsc::UnboundedReceiver<CallEvent>,
     ) -> Ending {
-        let (rtp, rtcp) = match self.ctx.ports.bind_pair().await {
+        let (rtp, rtcp) = match self.ctx.ports.bind_pair() {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(call_id = %self.call_id, error = %e, "refusing call");
@@ -350,7 +370,7 @@ impl Call {
                 };
             }
         };
-        self.local_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+        self.local_port = rtp.get_ref().local_addr().map(|a| a.port()).unwrap_or(0);
         let (rtp, rtcp) = (Arc::new(rtp), Arc::new(rtcp));
 
         // Offer in the INVITE: answer it now. No offer (late offer): we offer in the 200 OK and
@@ -464,10 +484,17 @@ impl Call {
                             if !confirmed {
                                 confirmed = true;
                                 tracing::info!(call_id = %self.call_id, "call: answered");
-                                // Stored with the end of the call (`CdrEnd::answered_at`): one
-                                // commit less per call. A crash mid-call leaves the row open and
-                                // `close_interrupted` marks it.
-                                self.answered_at = Some(chrono::Utc::now());
+                                // Written now (in the background: the greeting must not wait for
+                                // a commit) so a call interrupted by a crash still shows it was
+                                // answered; `cdr_end` carries the same time.
+                                let t = chrono::Utc::now();
+                                self.answered_at = Some(t);
+                                let (store, id, call_id) = (self.ctx.store.clone(), self.cdr_id, self.call_id.clone());
+                                tokio::spawn(async move {
+                                    if let Err(e) = store.cdr_answered(id, t).await {
+                                        tracing::error!(call_id = %call_id, error = %e, "cannot write answer time");
+                                    }
+                                });
                                 let actions = self.flow.handle(FlowEvent::Answered, Instant::now());
                                 if let Some(e) = self.apply(actions).await { return e; }
                             }
@@ -501,12 +528,12 @@ impl Call {
                         if let Some(e) = self.apply(actions).await { return e; }
                     }
                 }
-                r = rtp.recv_from(&mut rtp_buf) => {
+                r = ports::recv_from(&rtp, &mut rtp_buf) => {
                     if let Ok((n, from)) = r {
                         if let Some(e) = self.on_rtp(rtp_buf.get(..n).unwrap_or_default(), from).await { return e; }
                     }
                 }
-                r = rtcp.recv_from(&mut rtcp_buf) => {
+                r = ports::recv_from(&rtcp, &mut rtcp_buf) => {
                     if let Ok((n, from)) = r {
                         if let Some(m) = self.media.lock().media.as_mut() {
                             m.handle_rtcp(rtcp_buf.get(..n).unwrap_or_default(), from, Instant::now());
@@ -714,6 +741,13 @@ fn timer_instant(deadline: Option<Instant>) -> tokio::time::Instant {
     match deadline {
         Some(t) => tokio::time::Instant::from_std(t),
         None => tokio::time::Instant::now() + FAR_AWAY,
+    }
+}
+
+impl Drop for Call {
+    /// However the call task ends (even aborted), its shard stops sending for it.
+    fn drop(&mut self) {
+        self.media.ended.store(true, Ordering::Release);
     }
 }
 

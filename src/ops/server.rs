@@ -124,7 +124,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     let mut ep_cfg = EndpointConfig::new(cfg.public_addr());
     ep_cfg.user_agent = cfg.sip.user_agent.clone();
-    let limits = ep_cfg.limits.clone();
+    let limits = ep_cfg.limits;
     let endpoint = Endpoint::new(ep_cfg);
     let spawner = Arc::new(Spawner {
         ctx: ctx.clone(),

@@ -115,11 +115,7 @@ impl SipServer {
         shutdown: impl std::future::Future<Output = ()>,
         grace: std::time::Duration,
     ) {
-        tokio::spawn(accept_loop(
-            listener,
-            self.tcp_tx.clone(),
-            self.limits.clone(),
-        ));
+        tokio::spawn(accept_loop(listener, self.tcp_tx.clone(), self.limits));
         tokio::pin!(shutdown);
         let mut stopping: Option<tokio::time::Instant> = None;
         let mut buf = vec![0u8; 65_536];
@@ -306,11 +302,7 @@ impl SipServer {
                 let pending = self.tcp_pending.entry(t.destination).or_default();
                 pending.push(t.payload);
                 if pending.len() == 1 {
-                    tokio::spawn(connect(
-                        t.destination,
-                        self.tcp_tx.clone(),
-                        self.limits.clone(),
-                    ));
+                    tokio::spawn(connect(t.destination, self.tcp_tx.clone(), self.limits));
                 }
             }
         }
@@ -322,7 +314,7 @@ async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<TcpMsg>, limits: Li
         match listener.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(stream, addr, tx.clone(), limits.clone()));
+                tokio::spawn(connection(stream, addr, tx.clone(), limits));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tcp accept failed");

@@ -5,6 +5,7 @@
 //! accepts), plain TEXT/BIGINT columns, timestamps as unix milliseconds UTC.
 //! Rationale, durability settings and migration policy: docs/adr/0002-storage.md.
 
+pub mod ledger;
 mod number;
 mod writer;
 

@@ -140,3 +140,99 @@ async fn try_group(pool: &SqlitePool, group: &[Write]) -> Result<Vec<i64>, sqlx:
     tx.commit().await?;
     Ok(results)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    const INSERT: &str = "INSERT INTO t (v) VALUES ($1) RETURNING id";
+    const UPDATE: &str = "UPDATE t SET v = $2 WHERE id = $1";
+
+    async fn pool() -> SqlitePool {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect("sqlite::memory:")
+            .await
+            .expect("memory db");
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .execute(&pool)
+            .await
+            .expect("create");
+        pool
+    }
+
+    fn insert(v: Option<&str>) -> (Write, oneshot::Receiver<Result<i64, sqlx::Error>>) {
+        let (tx, rx) = oneshot::channel();
+        let mut w = Write::new(INSERT, vec![Arg::OptText(v.map(str::to_owned))], true);
+        w.reply = Some(tx);
+        (w, rx)
+    }
+
+    async fn count(pool: &SqlitePool) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn a_group_commits_together_and_answers_each_write() {
+        let pool = pool().await;
+        let (a, ra) = insert(Some("a"));
+        let (b, rb) = insert(Some("b"));
+        let (tx, rc) = oneshot::channel();
+        let mut c = Write::new(UPDATE, vec![Arg::Int(999), Arg::Text("x".into())], false);
+        c.reply = Some(tx);
+        commit_group(&pool, &mut vec![a, b, c]).await;
+        let ida = ra.await.expect("reply").expect("insert a");
+        let idb = rb.await.expect("reply").expect("insert b");
+        assert_ne!(ida, idb);
+        assert_eq!(rc.await.expect("reply").expect("update"), 0, "no such row");
+        assert_eq!(count(&pool).await, 2);
+    }
+
+    #[tokio::test]
+    async fn one_failing_write_does_not_fail_its_group() {
+        let pool = pool().await;
+        let (a, ra) = insert(Some("a"));
+        // NOT NULL violation: this write alone must fail.
+        let (bad, rbad) = insert(None);
+        let (c, rc) = insert(Some("c"));
+        commit_group(&pool, &mut vec![a, bad, c]).await;
+        assert!(ra.await.expect("reply").is_ok());
+        assert!(rbad.await.expect("reply").is_err());
+        assert!(rc.await.expect("reply").is_ok());
+        assert_eq!(
+            count(&pool).await,
+            2,
+            "the good writes are committed once each"
+        );
+    }
+
+    #[tokio::test]
+    async fn writer_task_serves_concurrent_writes() {
+        let pool = pool().await;
+        let writer = GroupWriter::spawn(pool.clone());
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                writer
+                    .write(Write::new(INSERT, vec![Arg::Text(format!("v{i}"))], true))
+                    .await
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.expect("join").expect("insert"));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 40);
+        assert_eq!(count(&pool).await, 40);
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# `make test`: installs the test peers (apt), starts a throw-away PostgreSQL on loopback so the store
+# and ledger tests run on both SQLite and PostgreSQL, runs the whole suite, and stops the server.
+# Set WARMLINE_TEST_POSTGRES_URL yourself to use a server you already have.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-test-peers.sh
+if [ -z "${WARMLINE_TEST_POSTGRES_URL:-}" ]; then
+  WARMLINE_TEST_POSTGRES_URL="$(scripts/setup-postgres.sh)"
+  export WARMLINE_TEST_POSTGRES_URL
+  trap 'scripts/setup-postgres.sh --stop --purge >/dev/null 2>&1 || true' EXIT
+fi
+echo "test: PostgreSQL at $WARMLINE_TEST_POSTGRES_URL"
+cargo fmt --check
+cargo test --all-targets
