@@ -9,3 +9,4 @@ pub mod media;
 pub mod ops;
 pub mod sip;
 pub mod store;
+pub(crate) mod tomlcheck;

@@ -7,13 +7,13 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Read as _;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use chrono::{Duration, NaiveDate, NaiveTime, Weekday, WeekdaySet};
 use chrono_tz::Tz;
-use toml::de::{DeString, DeTable, DeValue};
-use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::tomlcheck::{Item, Key, Span, ValueReader};
 
 use crate::dialer::contacts::{normalize_phone, parse_iso_date, ImportOptions};
 use crate::dialer::policy::{
@@ -414,10 +414,6 @@ fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-type Span = Range<usize>;
-type Key<'i> = Spanned<DeString<'i>>;
-type Item<'i> = Spanned<DeValue<'i>>;
-
 const TOP_FIELDS: &[&str] = &[
     "id",
     "description",
@@ -489,6 +485,12 @@ struct Draft {
     fatigue: Option<FatigueRule>,
 }
 
+impl ValueReader for Checker<'_> {
+    fn error(&mut self, span: Span, message: String) {
+        self.push(span, Severity::Error, message);
+    }
+}
+
 impl<'a> Checker<'a> {
     fn new(file: &'a Path, text: &'a str) -> Self {
         let line_starts = std::iter::once(0)
@@ -533,10 +535,6 @@ impl<'a> Checker<'a> {
         });
     }
 
-    fn error(&mut self, span: Span, message: String) {
-        self.push(span, Severity::Error, message);
-    }
-
     fn warning(&mut self, span: Span, message: String) {
         self.push(span, Severity::Warning, message);
     }
@@ -561,58 +559,6 @@ impl<'a> Checker<'a> {
     }
 
     // --- generic value readers --------------------------------------------------------------
-
-    fn unknown_field(&mut self, key: &Key<'_>, allowed: &[&str], place: &str) {
-        let name = key.get_ref().as_ref();
-        let hint = match did_you_mean(name, allowed.iter().copied()) {
-            Some(s) => format!(" (did you mean '{s}'?)"),
-            None => format!("; expected one of: {}", allowed.join(", ")),
-        };
-        self.error(
-            key.span(),
-            format!("unknown field '{}' in {place}{hint}", printable(name)),
-        );
-    }
-
-    fn type_error(&mut self, value: &Item<'_>, field: &str, expected: &str) {
-        self.error(
-            value.span(),
-            format!(
-                "'{field}' must be {expected}, found {}",
-                value.get_ref().type_str()
-            ),
-        );
-    }
-
-    fn string(&mut self, value: &Item<'_>, field: &str) -> Option<String> {
-        match value.get_ref().as_str() {
-            Some(s) => Some(s.to_string()),
-            None => {
-                self.type_error(value, field, "a string");
-                None
-            }
-        }
-    }
-
-    fn boolean(&mut self, value: &Item<'_>, field: &str) -> Option<bool> {
-        match value.get_ref().as_bool() {
-            Some(b) => Some(b),
-            None => {
-                self.type_error(value, field, "true or false");
-                None
-            }
-        }
-    }
-
-    fn table<'v, 'i>(&mut self, value: &'v Item<'i>, field: &str) -> Option<&'v DeTable<'i>> {
-        match value.get_ref().as_table() {
-            Some(t) => Some(t),
-            None => {
-                self.type_error(value, field, "a table");
-                None
-            }
-        }
-    }
 
     fn integer(&mut self, value: &Item<'_>, field: &str, range: (i64, i64)) -> Option<i64> {
         let DeValue::Integer(i) = value.get_ref() else {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use chrono_tz::Tz;
 
-use crate::ivr::dialplan::did_you_mean;
+use crate::ivr::dialplan::{did_you_mean, printable};
 
 /// Columns every file must have (`timezone` may be left out when the campaign sets a default).
 pub const REQUIRED_COLUMNS: [&str; 3] = ["customer_id", "phone", "timezone"];
@@ -669,26 +669,6 @@ pub fn parse_iso_date(value: &str) -> Option<NaiveDate> {
     };
     let year = i32::try_from(num(0..4)?).ok()?;
     NaiveDate::from_ymd_opt(year, num(5..7)?, num(8..10)?)
-}
-
-/// Keeps control characters and huge values out of messages.
-fn printable(s: &str) -> String {
-    const MAX: usize = 40;
-    let mut out: String = s
-        .chars()
-        .take(MAX)
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
-    if s.chars().nth(MAX).is_some() {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]

@@ -9,12 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::Read as _;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::de::{DeString, DeTable, DeValue};
-use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::tomlcheck::{Item, Key, Span, ValueReader};
 
 /// No-input timeout when neither the menu nor `[defaults]` sets one.
 pub const DEFAULT_NO_INPUT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -358,10 +358,6 @@ impl Dialplan {
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-type Span = Range<usize>;
-type Key<'i> = Spanned<DeString<'i>>;
-type Item<'i> = Spanned<DeValue<'i>>;
-
 const TOP_FIELDS: &[&str] = &["name", "entry", "defaults", "menus"];
 const SETTING_FIELDS: &[&str] = &[
     "barge_in",
@@ -414,6 +410,12 @@ struct Checker<'a> {
     prompt_refs: BTreeMap<String, Vec<Span>>,
 }
 
+impl ValueReader for Checker<'_> {
+    fn error(&mut self, span: Span, message: String) {
+        self.push(span, Severity::Error, message);
+    }
+}
+
 impl<'a> Checker<'a> {
     fn new(file: &'a Path, text: &'a str, catalog: &'a dyn PromptCatalog) -> Self {
         let line_starts = std::iter::once(0)
@@ -463,10 +465,6 @@ impl<'a> Checker<'a> {
         });
     }
 
-    fn error(&mut self, span: Span, message: String) {
-        self.push(span, Severity::Error, message);
-    }
-
     fn warning(&mut self, span: Span, message: String) {
         self.push(span, Severity::Warning, message);
     }
@@ -507,58 +505,6 @@ impl<'a> Checker<'a> {
     }
 
     // --- generic value readers --------------------------------------------------------------
-
-    fn unknown_field(&mut self, key: &Key<'_>, allowed: &[&str], place: &str) {
-        let name = key.get_ref().as_ref();
-        let hint = match did_you_mean(name, allowed.iter().copied()) {
-            Some(s) => format!(" (did you mean '{s}'?)"),
-            None => format!("; expected one of: {}", allowed.join(", ")),
-        };
-        self.error(
-            key.span(),
-            format!("unknown field '{}' in {place}{hint}", printable(name)),
-        );
-    }
-
-    fn type_error(&mut self, value: &Item<'_>, field: &str, expected: &str) {
-        self.error(
-            value.span(),
-            format!(
-                "'{field}' must be {expected}, found {}",
-                value.get_ref().type_str()
-            ),
-        );
-    }
-
-    fn string(&mut self, value: &Item<'_>, field: &str) -> Option<String> {
-        match value.get_ref().as_str() {
-            Some(s) => Some(s.to_string()),
-            None => {
-                self.type_error(value, field, "a string");
-                None
-            }
-        }
-    }
-
-    fn boolean(&mut self, value: &Item<'_>, field: &str) -> Option<bool> {
-        match value.get_ref().as_bool() {
-            Some(b) => Some(b),
-            None => {
-                self.type_error(value, field, "true or false");
-                None
-            }
-        }
-    }
-
-    fn table<'v, 'i>(&mut self, value: &'v Item<'i>, field: &str) -> Option<&'v DeTable<'i>> {
-        match value.get_ref().as_table() {
-            Some(t) => Some(t),
-            None => {
-                self.type_error(value, field, "a table");
-                None
-            }
-        }
-    }
 
     /// A duration in seconds (integer or decimal) within `range`.
     fn seconds(&mut self, value: &Item<'_>, field: &str, range: (f64, f64)) -> Option<Duration> {
