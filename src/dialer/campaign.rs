@@ -13,7 +13,7 @@ use chrono::{Duration, NaiveDate, NaiveTime, Weekday, WeekdaySet};
 use chrono_tz::Tz;
 use toml::de::{DeTable, DeValue};
 
-use crate::tomlcheck::{Item, Key, Span, ValueReader};
+use crate::tomlcheck::{Diagnostics, Item, Key, Span, ValueReader};
 
 use crate::dialer::contacts::{normalize_phone, parse_iso_date, ImportOptions};
 use crate::dialer::policy::{
@@ -345,9 +345,9 @@ impl Campaign {
             .unwrap_or_else(|| "campaign".to_string());
         let campaign = checker.document(doc.get_ref(), default_id, global_fatigue);
         match campaign {
-            Some(c) if !checker.has_errors() => Ok((c, checker.sorted_diags())),
+            Some(c) if !checker.diags.has_errors() => Ok((c, checker.sorted_diags())),
             _ => {
-                if !checker.has_errors() {
+                if !checker.diags.has_errors() {
                     checker.error(0..0, "the campaign is incomplete".to_string());
                 }
                 Err(CampaignError::Invalid(checker.sorted_diags()))
@@ -460,8 +460,7 @@ const DAY_NAMES: &[&str] = &[
 struct Checker<'a> {
     file: &'a Path,
     text: &'a str,
-    line_starts: Vec<usize>,
-    diags: Vec<Diagnostic>,
+    diags: Diagnostics<'a>,
 }
 
 /// Campaign fields as read, before the cross-checks.
@@ -487,66 +486,23 @@ struct Draft {
 
 impl ValueReader for Checker<'_> {
     fn error(&mut self, span: Span, message: String) {
-        self.push(span, Severity::Error, message);
+        self.diags.push(span, Severity::Error, message);
     }
 }
 
 impl<'a> Checker<'a> {
     fn new(file: &'a Path, text: &'a str) -> Self {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i.saturating_add(1)))
-            .collect();
         Checker {
             file,
             text,
-            line_starts,
-            diags: Vec::new(),
+            diags: Diagnostics::new(file, text),
         }
-    }
-
-    /// 1-based line and column (in characters) of a byte offset.
-    fn position(&self, offset: usize) -> (usize, usize) {
-        let mut offset = offset.min(self.text.len());
-        while offset > 0 && !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let line = self.line_starts.partition_point(|&start| start <= offset);
-        let start = self
-            .line_starts
-            .get(line.saturating_sub(1))
-            .copied()
-            .unwrap_or(0)
-            .min(offset);
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(0, |s| s.chars().count());
-        (line.max(1), column.saturating_add(1))
-    }
-
-    fn push(&mut self, span: Span, severity: Severity, message: String) {
-        let (line, column) = self.position(span.start);
-        self.diags.push(Diagnostic {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            severity,
-            message,
-        });
-    }
-
-    fn warning(&mut self, span: Span, message: String) {
-        self.push(span, Severity::Warning, message);
-    }
-
-    fn has_errors(&self) -> bool {
-        self.diags.iter().any(|d| d.severity == Severity::Error)
     }
 
     /// The campaign file's diagnostics first, then other files' (holidays), each by position.
     fn sorted_diags(mut self) -> Vec<Diagnostic> {
         let own = self.file.to_path_buf();
-        self.diags.sort_by(|a, b| {
+        self.diags.list.sort_by(|a, b| {
             (a.file != own, &a.file, a.line, a.column, a.severity).cmp(&(
                 b.file != own,
                 &b.file,
@@ -555,7 +511,7 @@ impl<'a> Checker<'a> {
                 b.severity,
             ))
         });
-        self.diags
+        self.diags.list
     }
 
     // --- generic value readers --------------------------------------------------------------
@@ -910,7 +866,7 @@ impl<'a> Checker<'a> {
         let id = match d.id {
             Some((id, span)) => {
                 if id != default_id {
-                    self.warning(
+                    self.diags.warning(
                         span,
                         format!(
                             "id '{id}' differs from the file name '{}': commands name the \
@@ -938,7 +894,7 @@ impl<'a> Checker<'a> {
             },
         };
         if let (Some(Message::Dialplan { name }), Some((_, span))) = (&d.message, &d.keys) {
-            self.warning(
+            self.diags.warning(
                 span.clone(),
                 format!(
                     "[keys] has no effect when the message is the dialplan '{name}': its menu \
@@ -1345,7 +1301,7 @@ impl<'a> Checker<'a> {
                         .find(token)
                         .and_then(|b| line.get(..b))
                         .map_or(0, |s| s.chars().count());
-                    self.diags.push(Diagnostic {
+                    self.diags.list.push(Diagnostic {
                         file: path.clone(),
                         line: index.saturating_add(1),
                         column: column.saturating_add(1),

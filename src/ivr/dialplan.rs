@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-use crate::tomlcheck::{Item, Key, Span, ValueReader};
+use crate::tomlcheck::{Diagnostics, Item, Key, Span, ValueReader};
 
 /// No-input timeout when neither the menu nor `[defaults]` sets one.
 pub const DEFAULT_NO_INPUT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -284,7 +284,7 @@ impl Dialplan {
                     valid..valid,
                     "the file is not valid UTF-8 (save it as UTF-8 text)".to_string(),
                 );
-                Err(DialplanError::Invalid(checker.diags))
+                Err(DialplanError::Invalid(checker.diags.list))
             }
         }
     }
@@ -397,11 +397,8 @@ struct MenuRef {
 }
 
 struct Checker<'a> {
-    file: &'a Path,
-    text: &'a str,
-    line_starts: Vec<usize>,
     catalog: &'a dyn PromptCatalog,
-    diags: Vec<Diagnostic>,
+    diags: Diagnostics<'a>,
     /// Every menu name defined, valid or not (so a bad name is reported once, not at each use).
     menu_names: BTreeSet<String>,
     /// Where each menu is defined (its key in `[menus.<name>]`), for warnings about it.
@@ -412,21 +409,15 @@ struct Checker<'a> {
 
 impl ValueReader for Checker<'_> {
     fn error(&mut self, span: Span, message: String) {
-        self.push(span, Severity::Error, message);
+        self.diags.push(span, Severity::Error, message);
     }
 }
 
 impl<'a> Checker<'a> {
     fn new(file: &'a Path, text: &'a str, catalog: &'a dyn PromptCatalog) -> Self {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i.saturating_add(1)))
-            .collect();
         Checker {
-            file,
-            text,
-            line_starts,
             catalog,
-            diags: Vec::new(),
+            diags: Diagnostics::new(file, text),
             menu_names: BTreeSet::new(),
             menu_spans: HashMap::new(),
             menu_refs: Vec::new(),
@@ -434,48 +425,11 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// 1-based line and column (in characters) of a byte offset.
-    fn position(&self, offset: usize) -> (usize, usize) {
-        let mut offset = offset.min(self.text.len());
-        while offset > 0 && !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let line = self.line_starts.partition_point(|&start| start <= offset);
-        let start = self
-            .line_starts
-            .get(line.saturating_sub(1))
-            .copied()
-            .unwrap_or(0)
-            .min(offset);
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(0, |s| s.chars().count());
-        (line.max(1), column.saturating_add(1))
-    }
-
-    fn push(&mut self, span: Span, severity: Severity, message: String) {
-        let (line, column) = self.position(span.start);
-        self.diags.push(Diagnostic {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            severity,
-            message,
-        });
-    }
-
-    fn warning(&mut self, span: Span, message: String) {
-        self.push(span, Severity::Warning, message);
-    }
-
-    fn has_errors(&self) -> bool {
-        self.diags.iter().any(|d| d.severity == Severity::Error)
-    }
-
     fn sorted_diags(mut self) -> Vec<Diagnostic> {
-        self.diags.sort_by_key(|d| (d.line, d.column, d.severity));
         self.diags
+            .list
+            .sort_by_key(|d| (d.line, d.column, d.severity));
+        self.diags.list
     }
 
     fn into_invalid(self) -> DialplanError {
@@ -489,12 +443,12 @@ impl<'a> Checker<'a> {
         self.check_menu_refs();
         self.check_prompts();
         match dialplan {
-            Some(dialplan) if !self.has_errors() => {
+            Some(dialplan) if !self.diags.has_errors() => {
                 self.check_reachability(&dialplan);
                 Ok((dialplan, self.sorted_diags()))
             }
             _ => {
-                if !self.has_errors() {
+                if !self.diags.has_errors() {
                     // Every path that drops the dialplan reports why; this keeps the contract
                     // ("an Invalid error carries at least one error") even if one forgets to.
                     self.error(0..0, "the dialplan is incomplete".to_string());
@@ -922,7 +876,7 @@ impl<'a> Checker<'a> {
     fn warn_unused_settings(&mut self, settings: &Settings, menu: &str) {
         for (field, span) in &settings.spans {
             if *field != "barge_in" {
-                self.warning(
+                self.diags.warning(
                     span.clone(),
                     format!(
                         "'{field}' has no effect in menu '{}', which has no options",
@@ -971,7 +925,7 @@ impl<'a> Checker<'a> {
                 }
             };
             if let Some(first) = key_spans.get(&normalized) {
-                let (line, column) = self.position(first.start);
+                let (line, column) = self.diags.position(first.start);
                 self.error(
                     key.span(),
                     format!(
@@ -1005,7 +959,7 @@ impl<'a> Checker<'a> {
                     .filter(|other| other.len() > key.len() && other.starts_with(key.as_str()))
                     .min()
                 {
-                    self.warning(
+                    self.diags.warning(
                         span.clone(),
                         format!(
                             "key '{key}' is a prefix of '{longer}' in menu '{}' and the menu has \
@@ -1250,7 +1204,7 @@ impl<'a> Checker<'a> {
             .collect();
         for name in unreachable {
             let span = self.menu_spans.get(&name).cloned().unwrap_or(0..0);
-            self.warning(
+            self.diags.warning(
                 span,
                 format!(
                     "menu '{}' is unreachable from the entry menu '{}'",
