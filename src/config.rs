@@ -31,6 +31,67 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub dialer: DialerConfig,
+    /// SIP trunks campaigns dial out through, by name (`[trunks.main]`).
+    pub trunks: std::collections::BTreeMap<String, TrunkConfig>,
+}
+
+/// One SIP trunk (a carrier or an SBC) for outbound calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkConfig {
+    /// `host:port` of the trunk; a host name is resolved at start.
+    pub address: String,
+    /// "udp" or "tcp".
+    pub transport: String,
+    /// Host part of the Request-URI and To (`sip:+15551230001@<domain>`); defaults to `address`.
+    pub domain: Option<String>,
+    /// Digest credentials, if the trunk challenges (401/407).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Read the password from this environment variable instead (keeps it out of the file).
+    pub password_env: Option<String>,
+    /// REGISTER to the trunk and keep the registration fresh.
+    pub register: bool,
+    /// Expires asked for in REGISTER, e.g. "1h".
+    pub register_expires: String,
+    /// New calls per second through this trunk, across all campaigns.
+    pub calls_per_second: f64,
+    /// Calls up at once through this trunk, across all campaigns.
+    pub max_concurrent: u32,
+    /// Give up (CANCEL) on a call that rings this long, e.g. "30s".
+    pub ring_timeout: String,
+}
+
+impl Default for TrunkConfig {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            transport: "udp".into(),
+            domain: None,
+            username: None,
+            password: None,
+            password_env: None,
+            register: false,
+            register_expires: "1h".into(),
+            calls_per_second: 5.0,
+            max_concurrent: 30,
+            ring_timeout: "30s".into(),
+        }
+    }
+}
+
+/// A trunk with its values checked and its address resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trunk {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tcp: bool,
+    pub domain: String,
+    pub credentials: Option<(String, String)>,
+    pub register: Option<std::time::Duration>,
+    pub calls_per_second: f64,
+    pub max_concurrent: u32,
+    pub ring_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +103,11 @@ pub struct DialerConfig {
     pub fatigue_window: String,
     /// What counts as a contact: answered_by_person, answered, attempted.
     pub fatigue_counts: String,
+    /// This appliance's name in the ledger; crash recovery closes only its own attempts, so
+    /// every node sharing one database needs its own. Defaults to the host name.
+    pub node: Option<String>,
+    /// How often the dialer looks for running campaigns and due contacts.
+    pub poll_interval_ms: u64,
 }
 
 impl Default for DialerConfig {
@@ -50,6 +116,8 @@ impl Default for DialerConfig {
             fatigue_max_contacts: 1,
             fatigue_window: "7d".into(),
             fatigue_counts: "answered_by_person".into(),
+            node: None,
+            poll_interval_ms: 1000,
         }
     }
 }
@@ -257,7 +325,197 @@ impl Config {
         if self.ivr.dialplan.is_empty() {
             return fail("dialplan", "ivr.dialplan must name a dialplan".into());
         }
+        if !(50..=60_000).contains(&self.dialer.poll_interval_ms) {
+            return fail(
+                "poll_interval_ms",
+                format!(
+                    "dialer.poll_interval_ms = {} must be 50..=60000",
+                    self.dialer.poll_interval_ms
+                ),
+            );
+        }
+        for name in self.trunks.keys() {
+            if let Err((key, message)) = self.trunk(name) {
+                let (line, column) = find_trunk_key(text, name, key);
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// The node name written with every attempt.
+    pub fn node_name(&self) -> String {
+        if let Some(n) = &self.dialer.node {
+            return n.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "warmline".into())
+    }
+
+    /// A configured trunk, checked and resolved; on error the key at fault and what is wrong.
+    pub fn trunk(&self, name: &str) -> Result<Trunk, (&'static str, String)> {
+        use crate::dialer::policy::parse_duration;
+        use std::net::ToSocketAddrs;
+        let Some(t) = self.trunks.get(name) else {
+            let known: Vec<&str> = self.trunks.keys().map(String::as_str).collect();
+            return Err((
+                "trunk",
+                format!(
+                    "trunk '{name}' is not configured: add [trunks.{name}] with address = \"host:port\" to warmline.toml (configured: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            ));
+        };
+        let at = |what: &str| format!("trunks.{name}.{what}");
+        if t.address.is_empty() {
+            return Err((
+                "address",
+                format!("{} is missing (host:port of the trunk)", at("address")),
+            ));
+        }
+        let address = t
+            .address
+            .to_socket_addrs()
+            .map_err(|e| {
+                (
+                    "address",
+                    format!("{} = '{}': {e}", at("address"), t.address),
+                )
+            })?
+            .next()
+            .ok_or_else(|| {
+                (
+                    "address",
+                    format!("{} = '{}' resolves to nothing", at("address"), t.address),
+                )
+            })?;
+        let tcp = match t.transport.as_str() {
+            "udp" => false,
+            "tcp" => true,
+            other => {
+                return Err((
+                    "transport",
+                    format!("{} = '{other}': use \"udp\" or \"tcp\"", at("transport")),
+                ))
+            }
+        };
+        let password = match (&t.password, &t.password_env) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "password_env",
+                    format!(
+                        "{} and {} are both set; keep one",
+                        at("password"),
+                        at("password_env")
+                    ),
+                ))
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                (
+                    "password_env",
+                    format!("{} names ${var}, which is not set", at("password_env")),
+                )
+            })?),
+            (None, None) => None,
+        };
+        let credentials = match (&t.username, password) {
+            (Some(u), Some(p)) => Some((u.clone(), p)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err((
+                    "username",
+                    format!(
+                        "{} is set but no password (password or password_env)",
+                        at("username")
+                    ),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "password",
+                    format!("a password is set but {} is missing", at("username")),
+                ))
+            }
+        };
+        let dur = |key: &'static str,
+                   text: &str|
+         -> Result<std::time::Duration, (&'static str, String)> {
+            parse_duration(text)
+                .ok()
+                .and_then(|d| d.to_std().ok())
+                .ok_or_else(|| {
+                    (
+                        key,
+                        format!(
+                            "{} = '{text}': not a duration like \"30s\" or \"1h\"",
+                            at(key)
+                        ),
+                    )
+                })
+        };
+        let ring_timeout = dur("ring_timeout", &t.ring_timeout)?;
+        if !(std::time::Duration::from_secs(5)..=std::time::Duration::from_secs(300))
+            .contains(&ring_timeout)
+        {
+            return Err((
+                "ring_timeout",
+                format!("{} must be 5s..=5m", at("ring_timeout")),
+            ));
+        }
+        let register = if t.register {
+            let e = dur("register_expires", &t.register_expires)?;
+            if !(std::time::Duration::from_secs(60)..=std::time::Duration::from_secs(86_400))
+                .contains(&e)
+            {
+                return Err((
+                    "register_expires",
+                    format!("{} must be 1m..=24h", at("register_expires")),
+                ));
+            }
+            Some(e)
+        } else {
+            None
+        };
+        if !(t.calls_per_second.is_finite() && (0.01..=500.0).contains(&t.calls_per_second)) {
+            return Err((
+                "calls_per_second",
+                format!(
+                    "{} = {} must be 0.01..=500",
+                    at("calls_per_second"),
+                    t.calls_per_second
+                ),
+            ));
+        }
+        if !(1..=10_000).contains(&t.max_concurrent) {
+            return Err((
+                "max_concurrent",
+                format!(
+                    "{} = {} must be 1..=10000",
+                    at("max_concurrent"),
+                    t.max_concurrent
+                ),
+            ));
+        }
+        Ok(Trunk {
+            name: name.to_string(),
+            address,
+            tcp,
+            domain: t.domain.clone().unwrap_or_else(|| t.address.clone()),
+            credentials,
+            register,
+            calls_per_second: t.calls_per_second,
+            max_concurrent: t.max_concurrent,
+            ring_timeout,
+        })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -324,6 +582,26 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Position of `key =` inside `[trunks.<name>]` (or of the table header), else (1, 1).
+fn find_trunk_key(text: &str, trunk: &str, key: &str) -> (usize, usize) {
+    let header = format!("[trunks.{trunk}]");
+    let Some(start) = text.lines().position(|l| l.trim() == header) else {
+        return (1, 1);
+    };
+    for (i, line) in text.lines().enumerate().skip(start + 1) {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            break;
+        }
+        if let Some(rest) = t.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return (i + 1, line.len() - t.len() + 1);
+            }
+        }
+    }
+    (start + 1, 1)
+}
+
 /// Position of `key =` in the text, so value errors found after parsing still point at a line.
 fn find_key(text: &str, key: &str) -> (usize, usize) {
     for (i, line) in text.lines().enumerate() {
@@ -388,6 +666,44 @@ mod tests {
             err.starts_with("w.toml:2:1:") && err.contains("7 days"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn trunks_are_checked_with_line_numbers() {
+        let text = "[trunks.main]\naddress = \"127.0.0.1:5070\"\nusername = \"u\"\npassword = \"p\"\nring_timeout = \"20s\"\n";
+        let cfg = Config::parse(Path::new("w.toml"), text).unwrap();
+        let t = cfg.trunk("main").unwrap();
+        assert_eq!(t.address, "127.0.0.1:5070".parse().unwrap());
+        assert_eq!(t.credentials, Some(("u".into(), "p".into())));
+        assert_eq!(t.ring_timeout, std::time::Duration::from_secs(20));
+        assert_eq!(t.domain, "127.0.0.1:5070");
+        let err = cfg.trunk("backup").unwrap_err().1;
+        assert!(
+            err.contains("[trunks.backup]") && err.contains("main"),
+            "{err}"
+        );
+
+        let bad = "[sip]\nmax_calls = 10\n[trunks.main]\naddress = \"127.0.0.1:5070\"\ntransport = \"sctp\"\n";
+        let err = Config::parse(Path::new("w.toml"), bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("w.toml:5:1:") && err.contains("sctp"),
+            "{err}"
+        );
+        let bad = "[trunks.main]\naddress = \"127.0.0.1:5070\"\nusername = \"u\"\n";
+        let err = Config::parse(Path::new("w.toml"), bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("w.toml:3:1:") && err.contains("no password"),
+            "{err}"
+        );
+        let bad = "[trunks.main]\ntransport = \"udp\"\n";
+        let err = Config::parse(Path::new("w.toml"), bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trunks.main.address is missing"), "{err}");
     }
 
     #[test]

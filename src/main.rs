@@ -58,6 +58,35 @@ enum CampaignAction {
         /// Campaign name (campaigns/<name>.toml) or a path to the file.
         name: String,
     },
+    /// Validate, import the contacts (bad rows are reported and skipped) and start dialling.
+    Start { name: String },
+    /// Stop starting new calls; calls in progress finish.
+    Pause { name: String },
+    /// Continue a paused campaign.
+    Resume { name: String },
+    /// End the campaign: no new calls, ever (calls in progress finish).
+    Stop { name: String },
+    /// Progress: contacts by state, attempts by outcome.
+    Status {
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every decision the dialer made (dialled, skipped, waiting, retried, completed), in order.
+    Audit {
+        name: String,
+        /// Write CSV to standard output.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Every attempt of the campaign.
+    Report {
+        name: String,
+        /// Write CSV (one row per attempt) to standard output.
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,9 +120,25 @@ fn main() -> ExitCode {
         Command::Check { dialplans } => ops::check::run(&cfg, &dialplans),
         Command::Cdr { json, limit } => ops::check::print_cdrs(&cfg, json, limit),
         Command::OptOuts { json } => ops::check::print_opt_outs(&cfg, json),
-        Command::Campaign {
-            action: CampaignAction::Check { name },
-        } => ops::campaign::check(&cfg, &name),
+        Command::Campaign { action } => {
+            use warmline::store::ledger::CampaignStatus;
+            match action {
+                CampaignAction::Check { name } => ops::campaign::check(&cfg, &name),
+                CampaignAction::Start { name } => ops::campaign::start(&cfg, &name),
+                CampaignAction::Pause { name } => {
+                    ops::campaign::set_status(&cfg, &name, CampaignStatus::Paused)
+                }
+                CampaignAction::Resume { name } => {
+                    ops::campaign::set_status(&cfg, &name, CampaignStatus::Running)
+                }
+                CampaignAction::Stop { name } => {
+                    ops::campaign::set_status(&cfg, &name, CampaignStatus::Stopped)
+                }
+                CampaignAction::Status { name, json } => ops::campaign::status(&cfg, &name, json),
+                CampaignAction::Report { name, csv } => ops::campaign::report(&cfg, &name, csv),
+                CampaignAction::Audit { name, csv } => ops::campaign::audit(&cfg, &name, csv),
+            }
+        }
     }
 }
 

@@ -253,6 +253,14 @@ impl Default for Pacing {
     }
 }
 
+/// Numbers and customer ids this campaign never calls (besides the global opt-out list).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DoNotCall {
+    /// E.164.
+    pub numbers: BTreeSet<String>,
+    pub customers: BTreeSet<String>,
+}
+
 /// What to do when an answering machine picks up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MachineAction {
@@ -289,6 +297,8 @@ pub struct Campaign {
     pub default_timezone: Option<Tz>,
     /// The contacts CSV, resolved against the campaign file's folder.
     pub contacts: PathBuf,
+    /// This campaign's own do-not-call list (`do_not_call = "file.txt"`).
+    pub do_not_call: DoNotCall,
     /// The campaign file itself.
     pub file: PathBuf,
 }
@@ -387,6 +397,11 @@ impl Campaign {
         }
     }
 
+    /// Whether this campaign's do-not-call list names the number or the customer.
+    pub fn do_not_call(&self, phone: &str, customer_id: &str) -> bool {
+        self.do_not_call.numbers.contains(phone) || self.do_not_call.customers.contains(customer_id)
+    }
+
     /// How to import this campaign's contacts file.
     pub fn import_options(&self) -> ImportOptions {
         ImportOptions {
@@ -425,6 +440,7 @@ const TOP_FIELDS: &[&str] = &[
     "require_consent",
     "answering_machine",
     "default_timezone",
+    "do_not_call",
     "message",
     "keys",
     "window",
@@ -482,6 +498,7 @@ struct Draft {
     pacing: Pacing,
     retry: RetryRules,
     fatigue: Option<FatigueRule>,
+    do_not_call: Option<DoNotCall>,
 }
 
 impl ValueReader for Checker<'_> {
@@ -809,6 +826,7 @@ impl<'a> Checker<'a> {
                     }
                 }
                 "fatigue" => fatigue_item = Some(value),
+                "do_not_call" => d.do_not_call = self.do_not_call(value),
                 _ => self.unknown_field(key, TOP_FIELDS, "the campaign"),
             }
         }
@@ -919,6 +937,7 @@ impl<'a> Checker<'a> {
             require_consent: d.require_consent,
             default_timezone: d.default_timezone,
             contacts: d.contacts?,
+            do_not_call: d.do_not_call.unwrap_or_default(),
             file: self.file.to_path_buf(),
         })
     }
@@ -1241,6 +1260,42 @@ impl<'a> Checker<'a> {
             return None;
         }
         ok.then_some(set)
+    }
+
+    /// The campaign's do-not-call file: one phone number or customer id per line, `#` comments.
+    fn do_not_call(&mut self, value: &Item<'_>) -> Option<DoNotCall> {
+        let path = self.relative_path(value, "do_not_call")?;
+        let text = match read_limited(&path).map(String::from_utf8) {
+            Ok(Ok(text)) => text,
+            Ok(Err(_)) => {
+                self.error(
+                    value.span(),
+                    format!("do-not-call file {} is not valid UTF-8", path.display()),
+                );
+                return None;
+            }
+            Err(e) => {
+                self.error(
+                    value.span(),
+                    format!("cannot read do-not-call file {}: {e}", path.display()),
+                );
+                return None;
+            }
+        };
+        let mut list = DoNotCall::default();
+        for line in text.lines() {
+            let content = line.split('#').next().unwrap_or_default().trim();
+            let content = content.trim_start_matches('\u{feff}');
+            if content.is_empty() {
+                continue;
+            }
+            // A number in any usual writing is matched as E.164; anything else is a customer id.
+            match normalize_phone(content) {
+                Ok(number) => list.numbers.insert(number),
+                Err(_) => list.customers.insert(content.to_string()),
+            };
+        }
+        Some(list)
     }
 
     /// A holidays file (relative path) or an inline list of dates.

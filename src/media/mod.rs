@@ -1,5 +1,6 @@
 //! Media: RTP/RTCP, codecs, jitter buffer, RFC 4733 DTMF, prompt loading and playback.
 //! Everything here is sans-IO: packets and `Instant`s in, packets and events out.
+pub mod amd;
 pub mod codec;
 pub mod dtmf;
 pub mod error;

@@ -28,6 +28,8 @@ pub struct CallContext {
     pub dialplan: std::sync::RwLock<Arc<Dialplan>>,
     pub ports: PortAllocator,
     pub media_ip: std::net::IpAddr,
+    /// Our SIP address, for the From of outbound calls.
+    pub public_addr: SocketAddr,
     pub codecs: Vec<CodecKind>,
     pub jitter: Duration,
     /// Ring this long before answering (0: answer at once).
@@ -72,7 +74,7 @@ impl MediaClock {
         })
     }
 
-    fn register(&self, entry: ClockEntry) {
+    pub(super) fn register(&self, entry: ClockEntry) {
         let n = self.shards.len().max(1);
         let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
         if let Some(tx) = self.shards.get(i) {
@@ -82,33 +84,35 @@ impl MediaClock {
 }
 
 /// One call on a shard.
-struct ClockEntry {
-    media: Arc<CallMedia>,
-    rtp: Arc<MediaSocket>,
-    rtcp: Arc<MediaSocket>,
+pub(super) struct ClockEntry {
+    pub(super) media: Arc<CallMedia>,
+    pub(super) rtp: Arc<MediaSocket>,
+    pub(super) rtcp: Arc<MediaSocket>,
 }
 
 /// A call's media state, shared by its call task (RTP in, re-INVITE, flow actions) and its
 /// shard (RTP out every 20 ms).
 #[derive(Default)]
-struct CallMedia {
-    state: Mutex<MediaState>,
+pub(super) struct CallMedia {
+    pub(super) state: Mutex<MediaState>,
     /// Wakes the call task when a playback ended on the shard.
-    finished: tokio::sync::Notify,
+    pub(super) finished: tokio::sync::Notify,
     /// Set when the call is over: the shard drops the call at its next slot.
-    ended: AtomicBool,
+    pub(super) ended: AtomicBool,
 }
 
 #[derive(Default)]
-struct MediaState {
-    media: Option<MediaSession>,
-    player: Option<(u64, Player)>,
+pub(super) struct MediaState {
+    pub(super) media: Option<MediaSession>,
+    pub(super) player: Option<(u64, Player)>,
     /// Playbacks that ran out on the shard, for the call task to report to the flow.
-    finished: Vec<u64>,
+    pub(super) finished: Vec<u64>,
+    /// Where the far end's decoded audio goes (answering-machine detection); dropped when `None`.
+    pub(super) audio: Option<mpsc::UnboundedSender<[i16; crate::media::codec::FRAME_SAMPLES]>>,
 }
 
 impl CallMedia {
-    fn lock(&self) -> MutexGuard<'_, MediaState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, MediaState> {
         // A panic elsewhere must not silence every later frame of this call.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -198,7 +202,8 @@ fn shard_thread(rx: std::sync::mpsc::Receiver<ClockEntry>) {
 impl ClockEntry {
     /// One 20 ms slot: play the next frame (or silence) and keep RTCP going.
     fn tick(&self, slot: Instant, stats: &mut SlotStats) {
-        let mut st = self.media.lock();
+        let mut guard = self.media.lock();
+        let st = &mut *guard;
         let now = Instant::now();
         let mut finished = None;
         let frame = match st.player.as_mut() {
@@ -216,8 +221,14 @@ impl ClockEntry {
                 // Non-blocking: a full socket buffer drops this frame rather than stall the clock.
                 let _ = self.rtp.get_ref().send_to(pkt, dest);
             }
-            // Caller audio is drained every tick; speech recognition and recording will consume it.
-            while m.pop_audio(now).is_some() {}
+            // The far end's audio is drained every tick, to whoever listens (AMD).
+            while let Some(frame) = m.pop_audio(now) {
+                if let Some(tx) = &st.audio {
+                    if tx.send(frame).is_err() {
+                        st.audio = None;
+                    }
+                }
+            }
             if let Some((pkt, dest)) = m.poll_rtcp(now) {
                 let _ = self.rtcp.get_ref().send_to(&pkt, dest);
             }
@@ -226,7 +237,7 @@ impl ClockEntry {
         if let Some(id) = finished {
             st.player = None;
             st.finished.push(id);
-            drop(st);
+            drop(guard);
             self.media.finished.notify_one();
         }
     }
@@ -519,6 +530,8 @@ impl Call {
                             self.hangup();
                             return Ending { cause: "shutdown".into(), side: "warmline" };
                         }
+                        // Only outbound calls get these.
+                        CallEvent::Progress { .. } | CallEvent::Answered { .. } | CallEvent::Failed { .. } => {}
                     }
                 }
                 _ = media.finished.notified() => {

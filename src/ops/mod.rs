@@ -2,7 +2,9 @@
 pub mod call;
 pub mod campaign;
 pub mod check;
+pub mod dialer;
 pub mod metrics;
+pub mod outbound;
 pub mod ports;
 pub mod server;
 pub mod transport;

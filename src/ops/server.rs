@@ -13,6 +13,7 @@ use crate::sip::endpoint::{Endpoint, EndpointConfig, IncomingCall};
 use crate::store::{Store, StoreError};
 
 use super::call::{run_call, CallContext, MediaClock};
+use super::dialer::Dialer;
 use super::ports::PortAllocator;
 use super::transport::{CallEvent, CallSpawner, SipCommand, SipServer};
 
@@ -103,6 +104,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         dialplan: std::sync::RwLock::new(dialplan),
         ports: PortAllocator::new(cfg.sip.listen.ip(), cfg.rtp.port_min, cfg.rtp.port_max),
         media_ip: cfg.media_ip(),
+        public_addr: cfg.public_addr(),
         codecs,
         jitter: Duration::from_millis(cfg.rtp.jitter_ms),
         answer_after: Duration::from_millis(cfg.ivr.answer_after_ms),
@@ -136,10 +138,39 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             addr: cfg.sip.listen,
             source,
         })?;
-    tracing::info!(listen = %cfg.sip.listen, storage = %cfg.storage_url(), "warmline ready (SIP over UDP and TCP)");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let dialer = Dialer::new(
+        store.clone(),
+        Arc::new(cfg.clone()),
+        ctx.clone(),
+        server.commands(),
+    );
+    dialer.recover().await?;
+    dialer.register_trunks();
+    tokio::spawn(dialer.clone().run(stop_rx.clone()));
+    tracing::info!(listen = %cfg.sip.listen, storage = %cfg.storage_url(), node = %dialer.node(),
+        "warmline ready (SIP over UDP and TCP)");
+    let mut stopped = stop_rx.clone();
     server
-        .run(listener, shutdown_signal(), Duration::from_secs(5))
+        .run(
+            listener,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+            Duration::from_secs(5),
+        )
         .await;
+    // Outbound calls were hung up by the SIP task; let them write their attempts.
+    for _ in 0..150 {
+        if dialer.in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Let call tasks write their final CDRs.
     for _ in 0..100 {
         if ctx.active.load(Ordering::Relaxed) == 0 {

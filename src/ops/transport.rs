@@ -9,7 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use crate::sip::endpoint::{CallHandle, EndCause, Endpoint, Event, Limits, Transmit, Transport};
+use crate::sip::endpoint::{
+    CallHandle, EndCause, Endpoint, Event, Limits, OutboundCall, RegHandle, Registration, Transmit,
+    Transport,
+};
 use crate::sip::message::StreamFramer;
 
 /// What a call task asks of the signalling side.
@@ -21,6 +24,19 @@ pub enum SipCommand {
     Hangup(CallHandle),
     AnswerReinvite(CallHandle, Vec<u8>),
     RejectReinvite(CallHandle, u16),
+    /// Place an outbound call; its events go to `events`, the handle (or why not) to `reply`.
+    Invite {
+        call: Box<OutboundCall>,
+        events: mpsc::UnboundedSender<CallEvent>,
+        reply: tokio::sync::oneshot::Sender<Result<CallHandle, String>>,
+    },
+    /// Give up on an unanswered outbound call (CANCEL).
+    Cancel(CallHandle),
+    /// Register to a trunk and keep the registration fresh; `name` is for the logs.
+    Register {
+        name: String,
+        registration: Registration,
+    },
 }
 
 /// What the signalling side tells a call task.
@@ -34,6 +50,20 @@ pub enum CallEvent {
     },
     Dtmf {
         digit: char,
+    },
+    /// 180/183 to our INVITE (183 with SDP: early media).
+    Progress {
+        status: u16,
+        remote_sdp: Option<Vec<u8>>,
+    },
+    /// 2xx to our INVITE; the ACK is sent.
+    Answered {
+        remote_sdp: Option<Vec<u8>>,
+    },
+    /// Our INVITE failed (final non-2xx, or no answer from the trunk: 408). The call is over.
+    Failed {
+        status: u16,
+        reason: String,
     },
     Ended {
         cause: EndCause,
@@ -72,6 +102,8 @@ pub struct SipServer {
     cmd_rx: mpsc::UnboundedReceiver<SipCommand>,
     spawner: Arc<dyn CallSpawner>,
     limits: Limits,
+    /// Trunk registrations, for the logs.
+    registrations: HashMap<RegHandle, String>,
 }
 
 impl SipServer {
@@ -98,6 +130,7 @@ impl SipServer {
                 cmd_rx,
                 spawner,
                 limits,
+                registrations: HashMap::new(),
             },
             tcp,
         ))
@@ -105,6 +138,11 @@ impl SipServer {
 
     pub fn active_calls(&self) -> usize {
         self.calls.len()
+    }
+
+    /// A sender for commands (outbound calls, registrations) from outside call tasks.
+    pub fn commands(&self) -> mpsc::UnboundedSender<SipCommand> {
+        self.cmd_tx.clone()
     }
 
     /// Runs until `shutdown` resolves, then asks every call to hang up and keeps signalling going
@@ -204,6 +242,29 @@ impl SipServer {
             SipCommand::Hangup(c) => self.endpoint.hangup(c, now),
             SipCommand::AnswerReinvite(c, sdp) => self.endpoint.answer_reinvite(c, sdp, now),
             SipCommand::RejectReinvite(c, status) => self.endpoint.reject_reinvite(c, status, now),
+            SipCommand::Invite {
+                call,
+                events,
+                reply,
+            } => {
+                match self.endpoint.invite(*call, now) {
+                    Ok((handle, _call_id)) => {
+                        self.calls.insert(handle, events);
+                        let _ = reply.send(Ok(handle));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+                Ok(())
+            }
+            SipCommand::Cancel(c) => self.endpoint.cancel(c, now),
+            SipCommand::Register { name, registration } => {
+                let reg = self.endpoint.register(registration, now);
+                tracing::info!(trunk = %name, "registering to the trunk");
+                self.registrations.insert(reg, name);
+                Ok(())
+            }
         };
         if let Err(e) = r {
             // The call may have ended on the network side in the meantime; nothing to do.
@@ -227,7 +288,11 @@ impl SipServer {
             }
             TcpMsg::Closed(addr) => {
                 self.tcp_conns.remove(&addr);
-                self.tcp_pending.remove(&addr);
+                if self.tcp_pending.remove(&addr).is_some() {
+                    // Never connected: what waited for it (an outbound INVITE, a REGISTER) fails.
+                    self.endpoint
+                        .transport_failed(addr, Transport::Tcp, Instant::now());
+                }
             }
         }
     }
@@ -263,6 +328,44 @@ impl SipServer {
             Event::Confirmed { call, remote_sdp } => (call, CallEvent::Confirmed { remote_sdp }),
             Event::ReInvite { call, remote_sdp } => (call, CallEvent::ReInvite { remote_sdp }),
             Event::Dtmf { call, digit, .. } => (call, CallEvent::Dtmf { digit }),
+            Event::Progress {
+                call,
+                status,
+                remote_sdp,
+            } => (call, CallEvent::Progress { status, remote_sdp }),
+            Event::Answered { call, remote_sdp } => (call, CallEvent::Answered { remote_sdp }),
+            Event::Failed {
+                call,
+                status,
+                reason,
+            } => {
+                if let Some(tx) = self.calls.remove(&call) {
+                    let _ = tx.send(CallEvent::Failed { status, reason });
+                }
+                return;
+            }
+            Event::Registered { reg, expires } => {
+                let name = self
+                    .registrations
+                    .get(&reg)
+                    .map(String::as_str)
+                    .unwrap_or("?");
+                tracing::info!(trunk = %name, expires_s = expires.as_secs(), "registered to the trunk");
+                return;
+            }
+            Event::RegistrationFailed {
+                reg,
+                status,
+                reason,
+            } => {
+                let name = self
+                    .registrations
+                    .get(&reg)
+                    .map(String::as_str)
+                    .unwrap_or("?");
+                tracing::warn!(trunk = %name, status, reason = %reason, "trunk registration failed; retrying later");
+                return;
+            }
             Event::Ended { call, cause } => {
                 if let Some(tx) = self.calls.remove(&call) {
                     let _ = tx.send(CallEvent::Ended { cause });

@@ -1,11 +1,13 @@
-//! UAS dialog state (RFC 3261 section 12): identifiers, route set, CSeq spaces, and
-//! construction of in-dialog requests such as BYE.
+//! Dialog state for both roles (RFC 3261 section 12): identifiers, route set, CSeq spaces,
+//! and construction of in-dialog requests such as BYE and the ACK for a 2xx.
 
 use std::net::SocketAddr;
 
 use crate::sip::endpoint::{CallHandle, Transport};
+use rsip::Header;
+
 use crate::sip::message::{
-    hdr, serialize_request, uri_has_param, uri_host_port, Method, NameAddr, Request,
+    hdr, serialize_request, uri_has_param, uri_host_port, Method, NameAddr, Request, Response,
 };
 use crate::sip::transaction::TxId;
 
@@ -31,6 +33,15 @@ impl DialogState {
     }
 }
 
+/// Which side of the initial INVITE we were.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialogRole {
+    /// We received the INVITE (inbound call).
+    Uas,
+    /// We sent the INVITE (outbound call).
+    Uac,
+}
+
 /// A re-INVITE the application has been told about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingReInvite {
@@ -43,24 +54,30 @@ pub struct PendingReInvite {
 #[derive(Clone, Debug)]
 pub struct Dialog {
     pub call: CallHandle,
+    pub role: DialogRole,
     pub call_id: String,
     pub local_tag: String,
     pub remote_tag: Option<String>,
-    /// Our side as sent in To of responses and From of our requests (carries our tag).
+    /// Our side as sent in From of our requests (carries our tag): for a UAS the To of the
+    /// INVITE plus our tag, for a UAC the From we sent.
     pub local_party: String,
-    /// The caller's From value as received (carries their tag).
+    /// The far side as put in To of our requests (carries their tag): for a UAS the
+    /// caller's From, for a UAC the To of the 2xx.
     pub remote_party: String,
     /// Contact URI of the peer: Request-URI of our in-dialog requests.
     pub remote_target: String,
-    /// Record-Route entries in received order (the UAS route set, RFC 12.1.1).
+    /// The route set: Record-Route in received order for a UAS (RFC 3261 12.1.1),
+    /// reversed for a UAC (12.1.2).
     pub route_set: Vec<String>,
     pub local_cseq: u32,
     pub remote_cseq: u32,
     pub state: DialogState,
     pub transport: Transport,
-    /// Where the INVITE came from: next hop when the target is not an IP literal.
+    /// Where the INVITE came from (UAS) or went to (UAC): next hop when the target is not
+    /// an IP literal.
     pub source: SocketAddr,
-    /// The initial INVITE server transaction, until it is ACKed or ends.
+    /// The initial INVITE server transaction, until it is ACKed or ends (UAS only; the
+    /// endpoint tracks a UAC's INVITE client transactions itself).
     pub invite_tx: Option<TxId>,
     pub invite_cseq: u32,
     /// The INVITE had no SDP: the offer goes in our 2xx, the answer comes in the ACK.
@@ -95,6 +112,7 @@ impl Dialog {
             .unwrap_or_else(|| req.from.uri.clone());
         Dialog {
             call,
+            role: DialogRole::Uas,
             call_id: req.call_id.clone(),
             local_party: format!("{};tag={local_tag}", req.to.raw),
             local_tag,
@@ -115,14 +133,67 @@ impl Dialog {
         }
     }
 
+    /// Dialog state for an INVITE we send (RFC 3261 12.1.2), Early until a 2xx arrives:
+    /// `local_party` is our From (with `local_tag`), `remote_party` the To we send.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_uac(
+        call: CallHandle,
+        call_id: String,
+        local_tag: String,
+        local_party: String,
+        remote_party: String,
+        request_uri: String,
+        destination: SocketAddr,
+        transport: Transport,
+        invite_cseq: u32,
+    ) -> Dialog {
+        Dialog {
+            call,
+            role: DialogRole::Uac,
+            call_id,
+            local_tag,
+            remote_tag: None,
+            local_party,
+            remote_party,
+            remote_target: request_uri,
+            route_set: Vec::new(),
+            local_cseq: invite_cseq,
+            remote_cseq: 0,
+            state: DialogState::Early,
+            transport,
+            source: destination,
+            invite_tx: None,
+            invite_cseq,
+            late_offer: false,
+            reinvite: None,
+            hangup_requested: false,
+        }
+    }
+
+    /// A 2xx to our INVITE confirms the dialog with the state it carries (RFC 3261
+    /// 12.1.2): their To (with tag), their Contact as remote target, Record-Route reversed.
+    pub fn confirm_uac(&mut self, resp: &Response) {
+        self.remote_tag = resp.to.tag.clone();
+        self.remote_party = resp.to.raw.clone();
+        if let Some(c) = resp.contacts.first() {
+            self.remote_target = c.uri.clone();
+        }
+        self.route_set = resp.record_route.iter().rev().cloned().collect();
+        self.state = DialogState::Confirmed;
+    }
+
     /// Key under which in-dialog requests find this dialog: Call-ID + our tag.
     pub fn key(&self) -> (String, String) {
         (self.call_id.clone(), self.local_tag.clone())
     }
 
-    /// The From tag of an in-dialog request must be the caller's tag.
+    /// The From tag of an in-dialog request must be the far end's tag. A UAC dialog has
+    /// none until the 2xx, so nothing matches it before.
     pub fn matches_remote(&self, req: &Request) -> bool {
-        self.remote_tag == req.from.tag
+        match self.role {
+            DialogRole::Uas => self.remote_tag == req.from.tag,
+            DialogRole::Uac => self.remote_tag.is_some() && self.remote_tag == req.from.tag,
+        }
     }
 
     /// Target refresh (RFC 3261 12.2.2): a re-INVITE's Contact replaces the remote target.
@@ -141,6 +212,38 @@ impl Dialog {
         user_agent: &str,
     ) -> OutRequest {
         self.local_cseq = self.local_cseq.saturating_add(1).min(i32::MAX as u32);
+        let cseq = self.local_cseq;
+        self.build(method, cseq, public_addr, branch, user_agent, Vec::new())
+    }
+
+    /// The ACK for a 2xx to our INVITE (RFC 3261 13.2.2.4): a new transaction through the
+    /// route set with the INVITE's CSeq number; `extra` carries the INVITE's credentials.
+    pub fn build_ack(
+        &self,
+        public_addr: SocketAddr,
+        branch: &str,
+        user_agent: &str,
+        extra: Vec<Header>,
+    ) -> OutRequest {
+        self.build(
+            Method::Ack,
+            self.invite_cseq,
+            public_addr,
+            branch,
+            user_agent,
+            extra,
+        )
+    }
+
+    fn build(
+        &self,
+        method: Method,
+        cseq: u32,
+        public_addr: SocketAddr,
+        branch: &str,
+        user_agent: &str,
+        extra: Vec<Header>,
+    ) -> OutRequest {
         let strict = self
             .route_set
             .first()
@@ -174,8 +277,9 @@ impl Dialog {
         headers.push(hdr("From", self.local_party.clone()));
         headers.push(hdr("To", self.remote_party.clone()));
         headers.push(hdr("Call-ID", self.call_id.clone()));
-        headers.push(hdr("CSeq", format!("{} {}", self.local_cseq, method)));
+        headers.push(hdr("CSeq", format!("{cseq} {method}")));
         headers.push(hdr("User-Agent", user_agent.to_string()));
+        headers.extend(extra);
         let payload = serialize_request(&method, &request_uri, headers, &[]);
         OutRequest {
             payload,

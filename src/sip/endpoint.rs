@@ -1,10 +1,14 @@
-//! Sans-IO SIP user agent server: feed it datagrams / framed stream messages and time,
-//! take back transmits and call events. No sockets, no clock reads, no tokio.
+//! Sans-IO SIP user agent (UAS and UAC): feed it datagrams / framed stream messages and
+//! time, take back transmits and call events. No sockets, no clock reads, no tokio.
 //!
-//! Call flow for the application: `Event::IncomingCall` -> `ring` -> `answer` (or `reject`)
+//! Inbound calls: `Event::IncomingCall` -> `ring` -> `answer` (or `reject`)
 //! -> `Event::Confirmed` -> ... -> `hangup` or `Event::Ended`.
+//! Outbound calls: `invite` -> `Event::Progress`* -> `Event::Answered` (or exactly one
+//! `Event::Failed`; `cancel` gives up) -> ... -> `hangup` or `Event::Ended`.
+//! Trunk registration: `register` -> `Event::Registered` on every (re-)registration, or
+//! `Event::RegistrationFailed` and a retry later -> `unregister`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,13 +16,16 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rsip::Header;
 
-use crate::sip::dialog::{Dialog, DialogState, PendingReInvite};
+use crate::sip::dialog::{Dialog, DialogRole, DialogState, OutRequest, PendingReInvite};
+use crate::sip::digest::{self, Challenge, DigestError};
 use crate::sip::message::{
-    self, hdr, reason_phrase, Message, Method, ParseFailure, Request, Response, ResponseCtx,
+    self, hdr, reason_phrase, serialize_request, Message, Method, NameAddr, ParseFailure, Request,
+    Response, ResponseCtx,
 };
 pub use crate::sip::message::{Limits, SipError};
 use crate::sip::transaction::{
-    ServerTxInit, TimerValues, TransactionLayer, TxEvent, TxId, TxKey, TxKind, TxState,
+    InviteResponse, ServerTxInit, TimerValues, TransactionLayer, TxEvent, TxId, TxKey, TxKind,
+    TxState,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,6 +85,60 @@ pub struct IncomingCall {
     pub transport: Transport,
 }
 
+/// Digest credentials for a trunk (RFC 3261 22). `Debug` does not print the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An outbound call to place with [`Endpoint::invite`].
+#[derive(Clone, Debug)]
+pub struct OutboundCall {
+    /// Call-ID to use (e.g. the application's call id, visible ASCII); `None`: a random one.
+    pub call_id: Option<String>,
+    /// e.g. `sip:+15551230001@127.0.0.1:5070`
+    pub request_uri: String,
+    /// Next hop (the trunk).
+    pub destination: SocketAddr,
+    /// Over TCP the shell connects to `destination`.
+    pub transport: Transport,
+    /// e.g. `sip:+15550000000@<public addr>`; From gets our tag.
+    pub from_uri: String,
+    pub from_display: Option<String>,
+    pub to_uri: String,
+    /// Our SDP offer (sent in the INVITE).
+    pub sdp_offer: Vec<u8>,
+    /// Used to answer 401/407 challenges; without them a challenge fails the call.
+    pub credentials: Option<Credentials>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RegHandle(pub u64);
+
+/// A binding to keep registered with [`Endpoint::register`].
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// Request-URI of the REGISTER, e.g. `sip:trunk.example`.
+    pub registrar_uri: String,
+    /// Address of record (From and To), e.g. `sip:user@trunk.example`.
+    pub aor: String,
+    pub destination: SocketAddr,
+    pub transport: Transport,
+    /// Requested binding lifetime; the registrar may grant another.
+    pub expires: Duration,
+    pub credentials: Option<Credentials>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndCause {
     RemoteBye,
@@ -111,10 +172,229 @@ pub enum Event {
         call: CallHandle,
         cause: EndCause,
     },
+    /// A provisional response (not 100) to our INVITE; a 183 with SDP is early media.
+    Progress {
+        call: CallHandle,
+        status: u16,
+        remote_sdp: Option<Vec<u8>>,
+    },
+    /// A 2xx to our INVITE: the endpoint already sent the ACK; the dialog is confirmed.
+    Answered {
+        call: CallHandle,
+        remote_sdp: Option<Vec<u8>>,
+    },
+    /// The outbound call ended without being answered: a final non-2xx (after at most
+    /// one authentication retry, or one more for a stale nonce), 408 for a timeout, 503
+    /// for a transport error. Raised exactly once per failed call.
+    Failed {
+        call: CallHandle,
+        status: u16,
+        reason: String,
+    },
+    /// Every successful (re-)registration, with the lifetime the registrar granted.
+    Registered {
+        reg: RegHandle,
+        expires: Duration,
+    },
+    /// A REGISTER failed (status 408 on timeout, 503 on a transport error, 0 when the
+    /// registration itself is invalid and is not retried); it is retried after a back-off.
+    RegistrationFailed {
+        reg: RegHandle,
+        status: u16,
+        reason: String,
+    },
 }
 
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
 const ACCEPT: &str = "application/sdp, application/dtmf-relay, application/dtmf";
+/// Wait before retrying a failed registration.
+const REGISTER_RETRY: Duration = Duration::from_secs(30);
+/// Refresh at least this long before a registration expires.
+const REGISTER_MARGIN: Duration = Duration::from_secs(5);
+/// Refresh at least daily, whatever a registrar grants.
+const REGISTER_MAX_REFRESH: Duration = Duration::from_secs(86_400);
+/// CSeq numbers stay below 2^31 (RFC 3261 8.1.1.5).
+const MAX_CSEQ: u32 = i32::MAX as u32;
+/// Forked 2xx responses whose ACK is remembered for retransmissions.
+const MAX_FORKS: usize = 16;
+/// Distinct (proxy, realm) challenges answered for one call or registration.
+const MAX_REALMS: usize = 4;
+
+/// Key of an endpoint-level timer: deadline plus a unique sequence number.
+type TimerKey = (Instant, u64);
+
+/// Timers the endpoint keeps itself (the transaction layer has its own heap).
+#[derive(Clone, Copy, Debug)]
+enum EpTimer {
+    /// 64*T1 after our CANCEL without a final response to the INVITE.
+    CancelTimeout(CallHandle),
+    /// Refresh or retry of a registration.
+    Register(u64),
+}
+
+/// A challenge answered for a call or registration, reused for later requests.
+#[derive(Debug)]
+struct AuthEntry {
+    /// From a 407 (Proxy-Authorization) rather than a 401 (Authorization).
+    proxy: bool,
+    challenge: Challenge,
+    /// Requests made with this nonce so far.
+    nc: u32,
+}
+
+/// Digest state of one request stream (a call's INVITEs, a registration's REGISTERs).
+#[derive(Debug)]
+struct AuthState {
+    creds: Option<Credentials>,
+    entries: Vec<AuthEntry>,
+    /// (proxy, realm) answered during the current attempt: a second challenge for the
+    /// same realm means the credentials are wrong (unless the nonce was only stale).
+    tried: Vec<(bool, String)>,
+    stale_used: bool,
+}
+
+impl AuthState {
+    fn new(creds: Option<Credentials>) -> Self {
+        Self {
+            creds,
+            entries: Vec::new(),
+            tried: Vec::new(),
+            stale_used: false,
+        }
+    }
+
+    /// A new logical request (a registration refresh): challenges may be answered again.
+    fn new_attempt(&mut self) {
+        self.tried.clear();
+        self.stale_used = false;
+    }
+
+    /// Takes in a 401/407. `Ok` means: resend the request with [`AuthState::headers`].
+    fn on_challenge(&mut self, resp: &Response) -> Result<(), String> {
+        if self.creds.is_none() {
+            return Err("no credentials configured".into());
+        }
+        let proxy = resp.status == 407;
+        let values = if proxy {
+            &resp.proxy_authenticate
+        } else {
+            &resp.www_authenticate
+        };
+        let ch = digest::best_challenge(values.iter().map(String::as_str))
+            .map_err(|e| format!("unusable challenge: {e}"))?;
+        let same = |p: bool, realm: &str| p == proxy && realm == ch.realm;
+        let entry = self
+            .entries
+            .iter_mut()
+            .find(|e| same(e.proxy, &e.challenge.realm));
+        if self.tried.iter().any(|(p, r)| same(*p, r)) {
+            return match entry {
+                Some(e) if ch.stale && !self.stale_used && e.challenge.nonce != ch.nonce => {
+                    self.stale_used = true;
+                    e.challenge = ch;
+                    e.nc = 0;
+                    Ok(())
+                }
+                _ => Err("credentials rejected".into()),
+            };
+        }
+        self.tried.push((proxy, ch.realm.clone()));
+        if let Some(e) = entry {
+            e.challenge = ch;
+            e.nc = 0;
+            return Ok(());
+        }
+        if self.entries.len() >= MAX_REALMS {
+            return Err("too many authentication realms".into());
+        }
+        self.entries.push(AuthEntry {
+            proxy,
+            challenge: ch,
+            nc: 0,
+        });
+        Ok(())
+    }
+
+    /// Authorization / Proxy-Authorization headers for the next request.
+    fn headers(
+        &mut self,
+        method: &str,
+        uri: &str,
+        rng: &mut StdRng,
+    ) -> Result<Vec<Header>, DigestError> {
+        let Some(creds) = &self.creds else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(self.entries.len());
+        for e in &mut self.entries {
+            e.nc = e.nc.saturating_add(1);
+            let cnonce = format!("{:016x}", rng.random::<u64>());
+            let value = digest::authorization(&e.challenge, creds, method, uri, e.nc, &cnonce)?;
+            let name = if e.proxy {
+                "Proxy-Authorization"
+            } else {
+                "Authorization"
+            };
+            out.push(hdr(name, value));
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CancelState {
+    None,
+    /// `cancel` was called before any provisional response (RFC 3261 9.1).
+    Requested,
+    Sent,
+}
+
+/// An outbound call from `invite` until its INVITE transaction is over.
+#[derive(Debug)]
+struct UacCall {
+    request_uri: String,
+    destination: SocketAddr,
+    transport: Transport,
+    call_id: String,
+    local_tag: String,
+    /// From as sent (with our tag) and To as sent (without tag).
+    from_party: String,
+    to_party: String,
+    sdp_offer: Vec<u8>,
+    auth: AuthState,
+    /// The current INVITE: its transaction, branch, CSeq and credentials.
+    invite_tx: Option<TxId>,
+    branch: String,
+    cseq: u32,
+    auth_headers: Vec<Header>,
+    provisional: bool,
+    /// To tag of the latest provisional response (the early dialog).
+    early_tag: Option<String>,
+    cancel: CancelState,
+    cancel_timer: Option<TimerKey>,
+    /// A 2xx was taken: the dialog is confirmed (or being torn down).
+    answered: bool,
+    /// ACKs sent per 2xx To tag, re-sent when that 2xx is retransmitted.
+    acks: Vec<(String, OutRequest)>,
+}
+
+/// One registration binding kept alive by `register`.
+#[derive(Debug)]
+struct RegState {
+    reg: Registration,
+    call_id: String,
+    local_tag: String,
+    cseq: u32,
+    auth: AuthState,
+    /// The REGISTER in flight.
+    tx: Option<TxId>,
+    timer: Option<TimerKey>,
+    /// Expires we ask for, in seconds (raised by a 423's Min-Expires).
+    requested: u32,
+    /// Our Contact URI (without brackets), to find our binding in the 2xx.
+    contact_uri: String,
+    unregistering: bool,
+}
 
 pub struct Endpoint {
     cfg: EndpointConfig,
@@ -127,6 +407,13 @@ pub struct Endpoint {
     next_call: u64,
     malformed: u64,
     rng: StdRng,
+    uac: HashMap<CallHandle, UacCall>,
+    regs: HashMap<u64, RegState>,
+    /// REGISTER client transaction -> registration.
+    reg_by_tx: HashMap<TxId, u64>,
+    next_reg: u64,
+    timers: BTreeMap<TimerKey, EpTimer>,
+    next_timer: u64,
 }
 
 impl Endpoint {
@@ -146,6 +433,12 @@ impl Endpoint {
             next_call: 1,
             malformed: 0,
             rng: StdRng::from_os_rng(),
+            uac: HashMap::new(),
+            regs: HashMap::new(),
+            reg_by_tx: HashMap::new(),
+            next_reg: 1,
+            timers: BTreeMap::new(),
+            next_timer: 0,
         }
     }
 
@@ -170,11 +463,25 @@ impl Endpoint {
         for ev in events {
             self.on_tx_event(now, ev);
         }
+        while let Some((&key, &timer)) = self.timers.first_key_value() {
+            if key.0 > now {
+                break;
+            }
+            self.timers.remove(&key);
+            match timer {
+                EpTimer::CancelTimeout(call) => self.on_cancel_timeout(call, key),
+                EpTimer::Register(id) => self.on_register_timer(now, id, key),
+            }
+        }
     }
 
-    /// Earliest armed timer (top of the timer heap; O(1)).
+    /// Earliest armed timer: transaction timers, cancel timeouts, registration refreshes.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.txs.next_deadline()
+        let own = self.timers.keys().next().map(|k| k.0);
+        match (self.txs.next_deadline(), own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -261,11 +568,15 @@ impl Endpoint {
 
     /// Ends the call: 480 if still ringing, otherwise BYE through the route set (deferred
     /// until the ACK while our 2xx is unacknowledged). Always ends with `LocalByeDone`.
+    /// An unanswered outbound call is cancelled instead (see [`Endpoint::cancel`]).
     pub fn hangup(&mut self, call: CallHandle, now: Instant) -> Result<(), SipError> {
         let d = self
             .dialogs
             .get_mut(&call)
             .ok_or(SipError::UnknownCall(call))?;
+        if d.role == DialogRole::Uac && d.state == DialogState::Early {
+            return self.cancel(call, now);
+        }
         match d.state {
             DialogState::Early => {
                 let tag = d.local_tag.clone();
@@ -340,6 +651,230 @@ impl Endpoint {
         d.reinvite = None;
         self.reply(p.tx, now, status, None, false, Vec::new(), &[]);
         Ok(())
+    }
+
+    // ----- outbound calls (UAC) -----
+
+    /// Sends the INVITE (client transaction, Timer A/B); returns the handle and the Call-ID.
+    pub fn invite(
+        &mut self,
+        call: OutboundCall,
+        now: Instant,
+    ) -> Result<(CallHandle, String), SipError> {
+        check_uri("Request-URI", &call.request_uri)?;
+        check_uri("From", &call.from_uri)?;
+        check_uri("To", &call.to_uri)?;
+        if let Some(d) = &call.from_display {
+            check_text("From", d)?;
+        }
+        if let Some(c) = &call.credentials {
+            check_text("Authorization", &c.username)?;
+        }
+        let call_id = match call.call_id {
+            Some(id)
+                if id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                return Err(SipError::BadHeader {
+                    header: "Call-ID",
+                    detail: format!(
+                        "\"{}\" is not 1-256 visible ASCII characters",
+                        message::truncate_for_log(&id)
+                    ),
+                });
+            }
+            Some(id) => id,
+            None => format!(
+                "{:016x}{:016x}",
+                self.rng.random::<u64>(),
+                self.rng.random::<u64>()
+            ),
+        };
+        let handle = CallHandle(self.next_call);
+        self.next_call = self.next_call.wrapping_add(1);
+        let local_tag = self.new_tag();
+        let from_party = match &call.from_display {
+            Some(d) => format!("{} <{}>;tag={local_tag}", quote(d), call.from_uri),
+            None => format!("<{}>;tag={local_tag}", call.from_uri),
+        };
+        let to_party = format!("<{}>", call.to_uri);
+        let dialog = Dialog::new_uac(
+            handle,
+            call_id.clone(),
+            local_tag.clone(),
+            from_party.clone(),
+            to_party.clone(),
+            call.request_uri.clone(),
+            call.destination,
+            call.transport,
+            1,
+        );
+        self.dialog_index.insert(dialog.key(), handle);
+        self.dialogs.insert(handle, dialog);
+        self.uac.insert(
+            handle,
+            UacCall {
+                request_uri: call.request_uri,
+                destination: call.destination,
+                transport: call.transport,
+                call_id: call_id.clone(),
+                local_tag,
+                from_party,
+                to_party,
+                sdp_offer: call.sdp_offer,
+                auth: AuthState::new(call.credentials),
+                invite_tx: None,
+                branch: String::new(),
+                cseq: 1,
+                auth_headers: Vec::new(),
+                provisional: false,
+                early_tag: None,
+                cancel: CancelState::None,
+                cancel_timer: None,
+                answered: false,
+                acks: Vec::new(),
+            },
+        );
+        if let Err(reason) = self.send_invite(now, handle) {
+            // Unreachable with the checks above; never leave a half-made call behind.
+            self.uac.remove(&handle);
+            self.remove_dialog(handle);
+            return Err(SipError::BadHeader {
+                header: "Authorization",
+                detail: reason,
+            });
+        }
+        Ok((handle, call_id))
+    }
+
+    /// Gives up on an unanswered outbound call: CANCEL once a provisional response has arrived
+    /// (RFC 3261 9.1: wait for one before sending CANCEL), then the 487 ends it. If a 2xx
+    /// crosses the CANCEL, ACK it and send BYE at once. Always ends with exactly one
+    /// Event::Failed (or Ended, if the 2xx crossed) for the call.
+    pub fn cancel(&mut self, call: CallHandle, now: Instant) -> Result<(), SipError> {
+        let Some(u) = self.uac.get_mut(&call).filter(|u| !u.answered) else {
+            return Err(match self.dialogs.get(&call) {
+                Some(d) => invalid(call, "cancel", d.state),
+                None => SipError::UnknownCall(call),
+            });
+        };
+        match (u.cancel, u.provisional) {
+            (CancelState::None, false) => u.cancel = CancelState::Requested,
+            (CancelState::None, true) => self.send_cancel(now, call),
+            _ => {} // already cancelling
+        }
+        Ok(())
+    }
+
+    /// Starts registering; refreshes itself before expiry (at half the granted Expires,
+    /// min 5 s early) until `unregister`.
+    pub fn register(&mut self, reg: Registration, now: Instant) -> RegHandle {
+        let id = self.next_reg;
+        self.next_reg = self.next_reg.wrapping_add(1);
+        let handle = RegHandle(id);
+        let valid = check_uri("Request-URI", &reg.registrar_uri)
+            .and_then(|_| check_uri("To", &reg.aor))
+            .and_then(|_| match &reg.credentials {
+                Some(c) => check_text("Authorization", &c.username),
+                None => Ok(()),
+            });
+        if let Err(e) = valid {
+            self.events.push_back(Event::RegistrationFailed {
+                reg: handle,
+                status: 0,
+                reason: e.to_string(),
+            });
+            return handle;
+        }
+        let user = message::uri_user(&reg.aor)
+            .filter(|u| {
+                u.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()+%".contains(&b))
+            })
+            .unwrap_or_else(|| "warmline".into());
+        let suffix = match reg.transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+        };
+        let state = RegState {
+            call_id: format!(
+                "{:016x}{:016x}",
+                self.rng.random::<u64>(),
+                self.rng.random::<u64>()
+            ),
+            local_tag: self.new_tag(),
+            cseq: 0,
+            auth: AuthState::new(reg.credentials.clone()),
+            tx: None,
+            timer: None,
+            requested: u32::try_from(reg.expires.as_secs())
+                .unwrap_or(u32::MAX)
+                .max(1),
+            contact_uri: format!("sip:{user}@{}{suffix}", self.cfg.public_addr),
+            unregistering: false,
+            reg,
+        };
+        self.regs.insert(id, state);
+        self.send_register(now, id);
+        handle
+    }
+
+    /// Sends REGISTER with Expires: 0 and stops refreshing.
+    pub fn unregister(&mut self, reg: RegHandle, now: Instant) {
+        let Some(r) = self.regs.get_mut(&reg.0) else {
+            return;
+        };
+        if r.unregistering {
+            return;
+        }
+        r.unregistering = true;
+        r.auth.new_attempt();
+        let (timer, tx) = (r.timer.take(), r.tx.take());
+        if let Some(key) = timer {
+            self.timers.remove(&key);
+        }
+        if let Some(tx) = tx {
+            self.txs.remove(tx);
+            self.reg_by_tx.remove(&tx);
+        }
+        self.send_register(now, reg.0);
+    }
+
+    /// The shell could not send to `destination` (e.g. TCP connect failed). Unanswered
+    /// outbound calls and REGISTERs in flight towards it fail with 503 (RFC 3261 8.1.3.1).
+    pub fn transport_failed(
+        &mut self,
+        destination: SocketAddr,
+        transport: Transport,
+        now: Instant,
+    ) {
+        let reason = "Service Unavailable (transport error)";
+        let mut calls: Vec<CallHandle> = self
+            .uac
+            .iter()
+            .filter(|(_, u)| {
+                !u.answered && u.destination == destination && u.transport == transport
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        calls.sort();
+        for call in calls {
+            self.fail_uac(call, 503, reason.into());
+        }
+        let mut regs: Vec<(u64, TxId)> = self
+            .regs
+            .iter()
+            .filter(|(_, r)| r.reg.destination == destination && r.reg.transport == transport)
+            .filter_map(|(id, r)| r.tx.map(|tx| (*id, tx)))
+            .collect();
+        regs.sort();
+        for (id, tx) in regs {
+            self.txs.remove(tx);
+            self.reg_by_tx.remove(&tx);
+            if let Some(r) = self.regs.get_mut(&id) {
+                r.tx = None;
+            }
+            self.registration_failed(now, id, 503, reason.into());
+        }
     }
 
     // ----- incoming messages -----
@@ -720,8 +1255,30 @@ impl Endpoint {
             );
             return;
         };
-        if let Some(ev) = self.txs.client_response(id, now, resp.status) {
-            self.on_tx_event(now, ev);
+        let Some((kind, call)) = self.txs.get(id).map(|t| (t.kind, t.call)) else {
+            return;
+        };
+        if kind == TxKind::InviteClient {
+            let outcome =
+                self.txs
+                    .invite_client_response(id, now, resp.status, &mut self.transmits);
+            let Some(call) = call else {
+                return;
+            };
+            match outcome {
+                InviteResponse::Provisional => self.on_uac_provisional(now, call, id, resp),
+                InviteResponse::Success => self.on_uac_success(now, call, id, &resp),
+                InviteResponse::Failure => self.on_uac_failure(now, call, id, &resp),
+                InviteResponse::Absorbed => {}
+            }
+            return;
+        }
+        let Some(ev) = self.txs.client_response(id, now, resp.status) else {
+            return;
+        };
+        match self.reg_by_tx.remove(&id) {
+            Some(reg) => self.on_register_final(now, reg, id, &resp),
+            None => self.on_tx_event(now, ev),
         }
     }
 
@@ -763,6 +1320,7 @@ impl Endpoint {
             | TxEvent::ClientTimeout {
                 call: Some(call),
                 method: Method::Bye,
+                ..
             } if self
                 .dialogs
                 .get(&call)
@@ -774,7 +1332,521 @@ impl Endpoint {
                     cause: EndCause::LocalByeDone,
                 });
             }
+            // Timer B: no response at all.
+            TxEvent::ClientTimeout {
+                tx,
+                call: Some(call),
+                method: Method::Invite,
+            } if self.uac.get(&call).is_some_and(|u| u.invite_tx == Some(tx)) => {
+                self.fail_uac(call, 408, reason_phrase(408).into());
+            }
+            TxEvent::ClientTimeout {
+                tx,
+                method: Method::Register,
+                ..
+            } => {
+                if let Some(id) = self.reg_by_tx.remove(&tx) {
+                    self.on_register_timeout(now, id, tx);
+                }
+            }
+            // Timer M: no more 2xx retransmissions to ACK; the dialog (if any) lives on.
+            TxEvent::InviteClientEnded {
+                tx,
+                call: Some(call),
+            } if self.uac.get(&call).is_some_and(|u| u.invite_tx == Some(tx)) => {
+                if let Some(u) = self.uac.remove(&call) {
+                    self.disarm(u.cancel_timer);
+                }
+            }
             _ => {}
+        }
+    }
+
+    // ----- outbound call internals -----
+
+    fn send_invite(&mut self, now: Instant, call: CallHandle) -> Result<(), String> {
+        let Some(transport) = self.uac.get(&call).map(|u| u.transport) else {
+            return Err("unknown call".into());
+        };
+        let branch = self.new_branch();
+        let via = self.via(transport, &branch);
+        let contact = self.contact(transport);
+        let ua = self.cfg.user_agent.clone();
+        let Some(u) = self.uac.get_mut(&call) else {
+            return Err("unknown call".into());
+        };
+        let auth = u
+            .auth
+            .headers("INVITE", &u.request_uri, &mut self.rng)
+            .map_err(|e| e.to_string())?;
+        let mut extra = vec![contact, hdr("Allow", ALLOW), hdr("User-Agent", ua)];
+        extra.extend(auth.iter().cloned());
+        if !u.sdp_offer.is_empty() {
+            extra.push(hdr("Content-Type", "application/sdp"));
+        }
+        let payload = out_request(
+            &Method::Invite,
+            &u.request_uri,
+            via,
+            &u.from_party,
+            &u.to_party,
+            &u.call_id,
+            u.cseq,
+            extra,
+            &u.sdp_offer,
+        );
+        u.branch = branch.clone();
+        u.auth_headers = auth;
+        u.provisional = false;
+        u.early_tag = None;
+        let (destination, cseq) = (u.destination, u.cseq);
+        let key = TxKey::Client {
+            branch,
+            method: "INVITE".into(),
+        };
+        let id = self.txs.create_invite_client(
+            now,
+            key,
+            transport,
+            destination,
+            payload,
+            Some(call),
+            &mut self.transmits,
+        );
+        if let Some(u) = self.uac.get_mut(&call) {
+            u.invite_tx = Some(id);
+        }
+        if let Some(d) = self.dialogs.get_mut(&call) {
+            d.local_cseq = cseq;
+            d.invite_cseq = cseq;
+        }
+        Ok(())
+    }
+
+    /// CANCEL for the current INVITE (RFC 3261 9.1): same branch, Request-URI, Call-ID,
+    /// From, To and CSeq number; ends the call with 408 if no final comes within 64*T1.
+    fn send_cancel(&mut self, now: Instant, call: CallHandle) {
+        let Some((transport, branch)) =
+            self.uac.get(&call).map(|u| (u.transport, u.branch.clone()))
+        else {
+            return;
+        };
+        let via = self.via(transport, &branch);
+        let ua = self.cfg.user_agent.clone();
+        let deadline = now + self.cfg.t1.saturating_mul(64);
+        let timer = self.arm(deadline, EpTimer::CancelTimeout(call));
+        let Some(u) = self.uac.get_mut(&call) else {
+            return;
+        };
+        let payload = out_request(
+            &Method::Cancel,
+            &u.request_uri,
+            via,
+            &u.from_party,
+            &u.to_party,
+            &u.call_id,
+            u.cseq,
+            vec![hdr("User-Agent", ua)],
+            &[],
+        );
+        u.cancel = CancelState::Sent;
+        let old = u.cancel_timer.replace(timer);
+        let destination = u.destination;
+        self.disarm(old);
+        let key = TxKey::Client {
+            branch,
+            method: "CANCEL".into(),
+        };
+        self.txs.create_client(
+            now,
+            key,
+            Method::Cancel,
+            transport,
+            destination,
+            payload,
+            Some(call),
+            &mut self.transmits,
+        );
+    }
+
+    fn on_uac_provisional(&mut self, now: Instant, call: CallHandle, tx: TxId, resp: Response) {
+        let Some(u) = self.uac.get_mut(&call) else {
+            return;
+        };
+        if u.invite_tx != Some(tx) || u.answered {
+            return;
+        }
+        u.provisional = true;
+        if let Some(tag) = resp.to.tag.clone() {
+            u.early_tag = Some(tag);
+        }
+        match u.cancel {
+            CancelState::Requested => self.send_cancel(now, call),
+            CancelState::Sent => {}
+            CancelState::None if resp.status > 100 => {
+                let remote_sdp = sdp_body(&resp);
+                self.events.push_back(Event::Progress {
+                    call,
+                    status: resp.status,
+                    remote_sdp,
+                });
+            }
+            CancelState::None => {}
+        }
+    }
+
+    /// A 2xx (RFC 3261 13.2.2.4): the first confirms the dialog and is ACKed; retransmissions
+    /// get the same ACK again; a 2xx from another fork is ACKed and hung up at once.
+    fn on_uac_success(&mut self, now: Instant, call: CallHandle, tx: TxId, resp: &Response) {
+        let tag = resp.to.tag.clone().unwrap_or_default();
+        let Some(u) = self.uac.get(&call) else {
+            return;
+        };
+        if let Some((_, ack)) = u.acks.iter().find(|(t, _)| *t == tag) {
+            self.transmits.push_back(Transmit {
+                transport: ack.transport,
+                destination: ack.destination,
+                payload: ack.payload.clone(),
+            });
+            return;
+        }
+        if u.invite_tx != Some(tx) {
+            return;
+        }
+        let public_addr = self.cfg.public_addr;
+        let ua = self.cfg.user_agent.clone();
+        let branch = self.new_branch();
+        let Some(u) = self.uac.get_mut(&call) else {
+            return;
+        };
+        let first = !u.answered && self.dialogs.contains_key(&call);
+        let mut fork = None;
+        let ack = match self.dialogs.get_mut(&call).filter(|_| first) {
+            Some(d) => {
+                d.confirm_uac(resp);
+                d.build_ack(public_addr, &branch, &ua, u.auth_headers.clone())
+            }
+            None => {
+                let mut d = Dialog::new_uac(
+                    call,
+                    u.call_id.clone(),
+                    u.local_tag.clone(),
+                    u.from_party.clone(),
+                    u.to_party.clone(),
+                    u.request_uri.clone(),
+                    u.destination,
+                    u.transport,
+                    u.cseq,
+                );
+                d.confirm_uac(resp);
+                let ack = d.build_ack(public_addr, &branch, &ua, u.auth_headers.clone());
+                fork = Some(d);
+                ack
+            }
+        };
+        self.transmits.push_back(Transmit {
+            transport: ack.transport,
+            destination: ack.destination,
+            payload: ack.payload.clone(),
+        });
+        if u.acks.len() < MAX_FORKS {
+            u.acks.push((tag, ack));
+        }
+        if let Some(mut d) = fork {
+            tracing::info!(?call, "2xx from another fork: ACK and BYE");
+            let branch = self.new_branch();
+            let bye = d.build_request(Method::Bye, public_addr, &branch, &ua);
+            let key = TxKey::Client {
+                branch,
+                method: "BYE".into(),
+            };
+            self.txs.create_client(
+                now,
+                key,
+                Method::Bye,
+                bye.transport,
+                bye.destination,
+                bye.payload,
+                None,
+                &mut self.transmits,
+            );
+            return;
+        }
+        u.answered = true;
+        let cancelled = u.cancel != CancelState::None;
+        let timer = u.cancel_timer.take();
+        self.disarm(timer);
+        if cancelled {
+            tracing::info!(?call, "2xx crossed our CANCEL: ACK and BYE");
+            self.start_bye(call, now);
+        } else {
+            self.events.push_back(Event::Answered {
+                call,
+                remote_sdp: sdp_body(resp),
+            });
+        }
+    }
+
+    /// A non-2xx final: ACK it in the transaction (RFC 3261 17.1.1.3), then answer a
+    /// challenge or report the failure.
+    fn on_uac_failure(&mut self, now: Instant, call: CallHandle, tx: TxId, resp: &Response) {
+        let current = self
+            .uac
+            .get(&call)
+            .filter(|u| u.invite_tx == Some(tx))
+            .map(|u| (u.transport, u.branch.clone()));
+        let Some((transport, branch)) = current else {
+            // Only the current INVITE can get a first final; never leave it unACKed.
+            self.txs.remove(tx);
+            return;
+        };
+        let via = self.via(transport, &branch);
+        let Some(u) = self.uac.get_mut(&call) else {
+            return;
+        };
+        let ack = out_request(
+            &Method::Ack,
+            &u.request_uri,
+            via,
+            &u.from_party,
+            &resp.to.raw,
+            &u.call_id,
+            u.cseq,
+            Vec::new(),
+            &[],
+        );
+        self.txs.send_ack(tx, now, ack, &mut self.transmits);
+        let challenge = matches!(resp.status, 401 | 407) && u.cancel == CancelState::None;
+        let reason = if !challenge {
+            resp.reason.clone()
+        } else {
+            match u.auth.on_challenge(resp) {
+                Ok(()) => {
+                    u.cseq = u.cseq.saturating_add(1).min(MAX_CSEQ);
+                    match self.send_invite(now, call) {
+                        Ok(()) => return,
+                        Err(why) => format!("{} ({why})", resp.reason),
+                    }
+                }
+                Err(why) => format!("{} ({why})", resp.reason),
+            }
+        };
+        self.fail_uac(call, resp.status, reason);
+    }
+
+    fn on_cancel_timeout(&mut self, call: CallHandle, key: TimerKey) {
+        let due = self
+            .uac
+            .get(&call)
+            .is_some_and(|u| u.cancel_timer == Some(key) && !u.answered);
+        if due {
+            if let Some(u) = self.uac.get_mut(&call) {
+                u.cancel_timer = None;
+            }
+            self.fail_uac(call, 408, reason_phrase(408).into());
+        }
+    }
+
+    /// Ends an unanswered outbound call with exactly one `Failed`.
+    fn fail_uac(&mut self, call: CallHandle, status: u16, reason: String) {
+        let Some(u) = self.uac.remove(&call) else {
+            return;
+        };
+        self.disarm(u.cancel_timer);
+        if let Some(tx) = u.invite_tx {
+            // A Proceeding INVITE has no timer left that would ever end it.
+            let open = self
+                .txs
+                .get(tx)
+                .is_some_and(|t| matches!(t.state, TxState::Trying | TxState::Proceeding));
+            if open {
+                self.txs.remove(tx);
+            }
+        }
+        self.remove_dialog(call);
+        self.events.push_back(Event::Failed {
+            call,
+            status,
+            reason,
+        });
+    }
+
+    // ----- registration internals -----
+
+    fn send_register(&mut self, now: Instant, id: u64) {
+        let Some(transport) = self.regs.get(&id).map(|r| r.reg.transport) else {
+            return;
+        };
+        let branch = self.new_branch();
+        let via = self.via(transport, &branch);
+        let ua = self.cfg.user_agent.clone();
+        let Some(r) = self.regs.get_mut(&id) else {
+            return;
+        };
+        r.cseq = r.cseq.saturating_add(1).min(MAX_CSEQ);
+        let expires = if r.unregistering { 0 } else { r.requested };
+        let auth = match r
+            .auth
+            .headers("REGISTER", &r.reg.registrar_uri, &mut self.rng)
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(reg = id, error = %e, "cannot answer the digest challenge");
+                Vec::new()
+            }
+        };
+        let mut extra = vec![
+            hdr("Contact", format!("<{}>;expires={expires}", r.contact_uri)),
+            hdr("Expires", expires.to_string()),
+            hdr("Allow", ALLOW),
+            hdr("User-Agent", ua),
+        ];
+        extra.extend(auth);
+        let payload = out_request(
+            &Method::Register,
+            &r.reg.registrar_uri,
+            via,
+            &format!("<{}>;tag={}", r.reg.aor, r.local_tag),
+            &format!("<{}>", r.reg.aor),
+            &r.call_id,
+            r.cseq,
+            extra,
+            &[],
+        );
+        let destination = r.reg.destination;
+        let key = TxKey::Client {
+            branch,
+            method: "REGISTER".into(),
+        };
+        let tx = self.txs.create_client(
+            now,
+            key,
+            Method::Register,
+            transport,
+            destination,
+            payload,
+            None,
+            &mut self.transmits,
+        );
+        if let Some(r) = self.regs.get_mut(&id) {
+            r.tx = Some(tx);
+        }
+        self.reg_by_tx.insert(tx, id);
+    }
+
+    fn on_register_final(&mut self, now: Instant, id: u64, tx: TxId, resp: &Response) {
+        let Some(r) = self.regs.get_mut(&id).filter(|r| r.tx == Some(tx)) else {
+            return;
+        };
+        r.tx = None;
+        let status = resp.status;
+        if r.unregistering {
+            if matches!(status, 401 | 407) && r.auth.on_challenge(resp).is_ok() {
+                self.send_register(now, id);
+            } else {
+                tracing::info!(reg = id, status, "unregistered");
+                if let Some(r) = self.regs.remove(&id) {
+                    self.disarm(r.timer);
+                }
+            }
+            return;
+        }
+        match status {
+            200..=299 => {
+                let granted = granted_expires(resp, &r.contact_uri).unwrap_or(r.requested);
+                if granted == 0 {
+                    let reason = "registrar granted no binding time".to_string();
+                    self.registration_failed(now, id, status, reason);
+                    return;
+                }
+                let timer = self.arm(now + refresh_delay(granted), EpTimer::Register(id));
+                if let Some(r) = self.regs.get_mut(&id) {
+                    let old = r.timer.replace(timer);
+                    self.disarm(old);
+                }
+                self.events.push_back(Event::Registered {
+                    reg: RegHandle(id),
+                    expires: Duration::from_secs(granted.into()),
+                });
+            }
+            401 | 407 => match r.auth.on_challenge(resp) {
+                Ok(()) => self.send_register(now, id),
+                Err(why) => {
+                    let reason = format!("{} ({why})", resp.reason);
+                    self.registration_failed(now, id, status, reason);
+                }
+            },
+            423 => match resp.min_expires.filter(|m| *m > r.requested) {
+                Some(min) => {
+                    r.requested = min;
+                    self.send_register(now, id);
+                }
+                None => self.registration_failed(now, id, status, resp.reason.clone()),
+            },
+            _ => self.registration_failed(now, id, status, resp.reason.clone()),
+        }
+    }
+
+    fn on_register_timeout(&mut self, now: Instant, id: u64, tx: TxId) {
+        let Some(r) = self.regs.get_mut(&id).filter(|r| r.tx == Some(tx)) else {
+            return;
+        };
+        r.tx = None;
+        if r.unregistering {
+            if let Some(r) = self.regs.remove(&id) {
+                self.disarm(r.timer);
+            }
+            return;
+        }
+        self.registration_failed(now, id, 408, reason_phrase(408).into());
+    }
+
+    /// Reports the failure and schedules a retry (or drops an unregistration).
+    fn registration_failed(&mut self, now: Instant, id: u64, status: u16, reason: String) {
+        let Some(unregistering) = self.regs.get(&id).map(|r| r.unregistering) else {
+            return;
+        };
+        if unregistering {
+            if let Some(r) = self.regs.remove(&id) {
+                self.disarm(r.timer);
+            }
+            return;
+        }
+        tracing::warn!(reg = id, status, %reason, "registration failed, retrying later");
+        let timer = self.arm(now + REGISTER_RETRY, EpTimer::Register(id));
+        if let Some(r) = self.regs.get_mut(&id) {
+            let old = r.timer.replace(timer);
+            self.disarm(old);
+        }
+        self.events.push_back(Event::RegistrationFailed {
+            reg: RegHandle(id),
+            status,
+            reason,
+        });
+    }
+
+    fn on_register_timer(&mut self, now: Instant, id: u64, key: TimerKey) {
+        let Some(r) = self.regs.get_mut(&id).filter(|r| r.timer == Some(key)) else {
+            return;
+        };
+        r.timer = None;
+        if r.tx.is_some() || r.unregistering {
+            return;
+        }
+        r.auth.new_attempt();
+        self.send_register(now, id);
+    }
+
+    fn arm(&mut self, at: Instant, timer: EpTimer) -> TimerKey {
+        let key = (at, self.next_timer);
+        self.next_timer = self.next_timer.wrapping_add(1);
+        self.timers.insert(key, timer);
+        key
+    }
+
+    fn disarm(&mut self, key: Option<TimerKey>) {
+        if let Some(key) = key {
+            self.timers.remove(&key);
         }
     }
 
@@ -884,6 +1956,19 @@ impl Endpoint {
             .respond(tx, now, code, payload, &mut self.transmits)
     }
 
+    fn new_branch(&mut self) -> String {
+        format!("z9hG4bK{:016x}", self.rng.random::<u64>())
+    }
+
+    /// Via of a request we send (RFC 3581 rport asked for).
+    fn via(&self, transport: Transport, branch: &str) -> String {
+        let t = match transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        };
+        format!("SIP/2.0/{t} {};branch={branch};rport", self.cfg.public_addr)
+    }
+
     fn contact(&self, transport: Transport) -> Header {
         let suffix = match transport {
             Transport::Udp => "",
@@ -950,6 +2035,105 @@ impl Endpoint {
     }
 }
 
+/// An out-of-dialog request we originate (INVITE, its CANCEL and non-2xx ACK, REGISTER).
+#[allow(clippy::too_many_arguments)]
+fn out_request(
+    method: &Method,
+    uri: &str,
+    via: String,
+    from: &str,
+    to: &str,
+    call_id: &str,
+    cseq: u32,
+    extra: Vec<Header>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut headers = Vec::with_capacity(6 + extra.len());
+    headers.push(hdr("Via", via));
+    headers.push(hdr("Max-Forwards", "70"));
+    headers.push(hdr("From", from.to_string()));
+    headers.push(hdr("To", to.to_string()));
+    headers.push(hdr("Call-ID", call_id.to_string()));
+    headers.push(hdr("CSeq", format!("{cseq} {method}")));
+    headers.extend(extra);
+    serialize_request(method, uri, headers, body)
+}
+
+/// The body of a response if it is SDP.
+fn sdp_body(resp: &Response) -> Option<Vec<u8>> {
+    (!resp.body.is_empty() && resp.media_type().as_deref() == Some("application/sdp"))
+        .then(|| resp.body.clone())
+}
+
+/// The binding lifetime a REGISTER 2xx granted: our Contact's `expires` parameter, else
+/// the Expires header.
+fn granted_expires(resp: &Response, contact_uri: &str) -> Option<u32> {
+    let base = |uri: &str| uri.split(';').next().unwrap_or("").to_ascii_lowercase();
+    let ours = base(contact_uri);
+    resp.contacts
+        .iter()
+        .filter(|c| base(&c.uri) == ours)
+        .find_map(|c| {
+            c.params.split(';').find_map(|p| {
+                let (name, value) = p.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("expires")
+                    .then(|| message::parse_seconds(value.trim().trim_matches('"')))
+                    .flatten()
+            })
+        })
+        .or(resp.expires)
+}
+
+/// When to refresh a binding granted for `granted` seconds: at half its lifetime, and at
+/// least 5 s before it runs out (but never sooner than 1 s from now, nor later than a day).
+fn refresh_delay(granted: u32) -> Duration {
+    let g = Duration::from_secs(granted.into());
+    (g / 2)
+        .min(g.saturating_sub(REGISTER_MARGIN))
+        .clamp(Duration::from_secs(1), REGISTER_MAX_REFRESH)
+}
+
+/// A URI we put into a request line or header: it must parse as one and contain no
+/// control characters.
+fn check_uri(header: &'static str, uri: &str) -> Result<(), SipError> {
+    check_text(header, uri)?;
+    if uri.contains(['<', '>', '"']) {
+        return Err(SipError::BadHeader {
+            header,
+            detail: format!("bad URI \"{}\"", message::truncate_for_log(uri)),
+        });
+    }
+    NameAddr::parse(&format!("<{uri}>"), header).map(|_| ())
+}
+
+fn check_text(header: &'static str, text: &str) -> Result<(), SipError> {
+    if text.chars().any(char::is_control) {
+        return Err(SipError::BadHeader {
+            header,
+            detail: format!(
+                "control character in \"{}\"",
+                message::truncate_for_log(text)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A display name as a quoted-string.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
 fn invalid(call: CallHandle, action: &'static str, state: DialogState) -> SipError {
     SipError::InvalidState {
         call,
@@ -1007,6 +2191,7 @@ fn dtmf_digit(v: &str) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::digest;
     use crate::sip::message::{parse, Response as SipResponse};
 
     const SDP: &[u8] = b"v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
@@ -1256,6 +2441,11 @@ mod tests {
             assert_eq!(self.ep.transaction_count(), 0, "transactions leaked");
             assert_eq!(self.ep.active_calls(), 0, "dialogs leaked");
             assert_eq!(self.ep.poll_timeout(), None);
+            assert!(self.ep.uac.is_empty(), "outbound calls leaked");
+            assert!(self.ep.regs.is_empty(), "registrations leaked");
+            assert!(self.ep.reg_by_tx.is_empty(), "REGISTER index leaked");
+            assert!(self.ep.timers.is_empty(), "endpoint timers leaked");
+            assert!(self.ep.dialog_index.is_empty(), "dialog index leaked");
         }
 
         /// INVITE -> 100, IncomingCall; returns the call and the INVITE sent.
@@ -2245,6 +3435,1303 @@ mod tests {
         h.assert_clean();
     }
 
+    // ----- outbound calls (UAC) and registration -----
+
+    const TRUNK: &str = "10.0.0.2:5061";
+    const RURI: &str = "sip:+15551230001@10.0.0.2:5061";
+
+    fn trunk() -> SocketAddr {
+        TRUNK.parse().unwrap()
+    }
+
+    fn alice() -> Credentials {
+        Credentials {
+            username: "alice".into(),
+            password: "s3cret".into(),
+        }
+    }
+
+    fn outbound(transport: Transport, credentials: Option<Credentials>) -> OutboundCall {
+        OutboundCall {
+            call_id: None,
+            request_uri: RURI.into(),
+            destination: trunk(),
+            transport,
+            from_uri: "sip:+15550000000@10.0.0.1:5060".into(),
+            from_display: Some("Warm \"Line\"".into()),
+            to_uri: RURI.into(),
+            sdp_offer: ANSWER.to_vec(),
+            credentials,
+        }
+    }
+
+    fn request(t: &Transmit) -> Request {
+        match parse(&t.payload, &Limits::default()) {
+            Ok(Some(Message::Request(r))) => r,
+            other => panic!("not a request: {other:?}\n{}", text(t)),
+        }
+    }
+
+    fn is(t: &Transmit, method: &str) -> bool {
+        text(t).starts_with(&format!("{method} "))
+    }
+
+    /// The fake UAS's response to a request we sent: Via/From/To/Call-ID/CSeq copied, a
+    /// To tag added, `extra` header lines and an optional SDP body.
+    fn uas_reply(
+        req: &Transmit,
+        code: u16,
+        tag: Option<&str>,
+        extra: &[&str],
+        sdp: &[u8],
+    ) -> Vec<u8> {
+        let text = text(req);
+        let mut s = format!("SIP/2.0 {code} {}\r\n", reason_phrase(code));
+        for line in text.split("\r\n") {
+            if line.starts_with("To:") {
+                s += line;
+                if let Some(tag) = tag.filter(|_| !line.contains(";tag=")) {
+                    s += &format!(";tag={tag}");
+                }
+                s += "\r\n";
+            } else if ["Via:", "From:", "Call-ID:", "CSeq:"]
+                .iter()
+                .any(|p| line.starts_with(p))
+            {
+                s += line;
+                s += "\r\n";
+            }
+        }
+        for e in extra {
+            s += e;
+            s += "\r\n";
+        }
+        if !sdp.is_empty() {
+            s += "Content-Type: application/sdp\r\n";
+        }
+        s += &format!("Content-Length: {}\r\n\r\n", sdp.len());
+        let mut out = s.into_bytes();
+        out.extend_from_slice(sdp);
+        out
+    }
+
+    /// A parameter of an Authorization header we built (quoted or token value).
+    fn auth_param(value: &str, name: &str) -> Option<String> {
+        let rest = value.strip_prefix("Digest ")?;
+        for part in rest.split(", ") {
+            if let Some(v) = part.strip_prefix(&format!("{name}=")) {
+                return Some(v.trim_matches('"').to_string());
+            }
+        }
+        None
+    }
+
+    /// The response an Authorization header must carry, recomputed from its own fields.
+    fn expected_response(value: &str, challenge: &str, method: &str) -> String {
+        let ch = digest::parse_challenge(challenge).unwrap();
+        let uri = auth_param(value, "uri").unwrap();
+        let cnonce = auth_param(value, "cnonce").unwrap_or_default();
+        let nc = auth_param(value, "nc")
+            .map(|n| u32::from_str_radix(&n, 16).unwrap())
+            .unwrap_or(1);
+        let h = digest::authorization(&ch, &alice(), method, &uri, nc, &cnonce).unwrap();
+        auth_param(&h, "response").unwrap()
+    }
+
+    impl Harness {
+        /// `invite` and the INVITE it sent.
+        fn dial(&mut self, call: OutboundCall) -> (CallHandle, String, Transmit) {
+            let (handle, call_id) = self.ep.invite(call, self.now).unwrap();
+            let mut sent = self.take_sent();
+            assert_eq!(sent.len(), 1, "one INVITE");
+            let inv = sent.remove(0);
+            assert!(is(&inv, "INVITE"));
+            (handle, call_id, inv)
+        }
+
+        /// Dials and gets a 200 with tag `tag`; returns call, INVITE, our tag and the ACK.
+        fn answered(
+            &mut self,
+            tag: &str,
+            extra: &[&str],
+        ) -> (CallHandle, Transmit, String, Transmit) {
+            let (call, _, inv) = self.dial(outbound(Transport::Udp, None));
+            self.send_raw(&uas_reply(&inv, 200, Some(tag), extra, SDP));
+            let mut sent = self.take_sent();
+            assert_eq!(sent.len(), 1, "just the ACK");
+            let ack = sent.remove(0);
+            assert!(is(&ack, "ACK"), "{}", text(&ack));
+            assert_eq!(
+                self.take_events(),
+                vec![Event::Answered {
+                    call,
+                    remote_sdp: Some(SDP.to_vec())
+                }]
+            );
+            let ours = request(&inv).from.tag.unwrap();
+            (call, inv, ours, ack)
+        }
+    }
+
+    #[test]
+    fn uac_invite_headers_timer_a_and_timer_b_408() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, call_id, inv) = h.dial(outbound(Transport::Udp, None));
+        assert_eq!((inv.destination, inv.transport), (trunk(), Transport::Udp));
+        assert!(text(&inv).starts_with(&format!("INVITE {RURI} SIP/2.0\r\n")));
+        let r = request(&inv);
+        let via = &r.vias[0];
+        assert!(via.has_rfc3261_branch() && via.rport, "{via:?}");
+        assert_eq!(
+            (via.transport.as_str(), via.sent_by()),
+            ("UDP", "10.0.0.1:5060".to_string())
+        );
+        assert_eq!(r.max_forwards, Some(70));
+        assert_eq!(r.from.display.as_deref(), Some("Warm \"Line\""));
+        assert_eq!(r.from.uri, "sip:+15550000000@10.0.0.1:5060");
+        assert!(r.from.tag.as_ref().is_some_and(|t| t.len() >= 8));
+        assert_eq!((r.to.uri.as_str(), r.to.tag.as_ref()), (RURI, None));
+        assert_eq!(r.call_id, call_id);
+        assert_eq!((r.cseq.seq, &r.cseq.method), (1, &Method::Invite));
+        assert_eq!(
+            r.contact.as_ref().unwrap().uri,
+            "sip:warmline@10.0.0.1:5060"
+        );
+        assert_eq!(header_values(&inv, "Allow"), vec![ALLOW]);
+        assert_eq!(header_values(&inv, "User-Agent").len(), 1);
+        assert_eq!(r.media_type().as_deref(), Some("application/sdp"));
+        assert_eq!(r.body, ANSWER);
+        assert_eq!(h.ep.active_calls(), 1);
+
+        h.run_idle();
+        let times: Vec<Duration> = h
+            .sent
+            .iter()
+            .map(|(at, t)| {
+                assert_eq!(t.payload, inv.payload, "identical retransmission");
+                *at - h.t0
+            })
+            .collect();
+        assert_eq!(
+            times,
+            vec![
+                ms(500),
+                ms(1500),
+                ms(3500),
+                ms(7500),
+                ms(15_500),
+                ms(31_500)
+            ],
+            "Timer A doubles without the T2 cap"
+        );
+        h.take_sent();
+        assert_eq!(h.now - h.t0, ms(32_000), "Timer B = 64*T1");
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Failed {
+                call,
+                status: 408,
+                reason: "Request Timeout".into()
+            }]
+        );
+        h.assert_clean();
+
+        let (_, other_id, other) = h.dial(outbound(Transport::Udp, None));
+        assert_ne!(other_id, call_id, "unique Call-ID");
+        assert_ne!(request(&other).from.tag, r.from.tag);
+        assert_ne!(request(&other).vias[0].branch, via.branch);
+    }
+
+    #[test]
+    fn uac_over_tcp_has_transport_param_and_no_timer_a() {
+        let mut h = Harness::new(Transport::Tcp);
+        let (call, _, inv) = h.dial(outbound(Transport::Tcp, None));
+        assert_eq!(inv.transport, Transport::Tcp);
+        assert!(
+            header_values(&inv, "Via")[0].starts_with("SIP/2.0/TCP 10.0.0.1:5060;branch=z9hG4bK")
+        );
+        assert_eq!(
+            header_values(&inv, "Contact"),
+            vec!["<sip:warmline@10.0.0.1:5060;transport=tcp>"]
+        );
+        assert_eq!(h.ep.poll_timeout(), Some(h.t0 + ms(32_000)), "only Timer B");
+        h.step();
+        assert!(h.take_sent().is_empty(), "no retransmission over TCP");
+        assert!(matches!(
+            h.take_events().as_slice(),
+            [Event::Failed { call: c, status: 408, .. }] if *c == call
+        ));
+        h.assert_clean();
+    }
+
+    #[test]
+    fn uac_provisionals_early_media_then_answer_builds_dialog() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, None));
+        h.send_raw(&uas_reply(&inv, 100, None, &[], b""));
+        assert!(h.take_events().is_empty(), "no event for 100 Trying");
+        h.advance_to(h.t0 + ms(60_000));
+        assert!(
+            h.take_sent().is_empty(),
+            "no retransmission, no Timer B once proceeding"
+        );
+        assert!(h.take_events().is_empty());
+
+        h.send_raw(&uas_reply(&inv, 180, Some("uas1"), &[], b""));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Progress {
+                call,
+                status: 180,
+                remote_sdp: None
+            }]
+        );
+        h.send_raw(&uas_reply(&inv, 183, Some("uas1"), &[], SDP));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Progress {
+                call,
+                status: 183,
+                remote_sdp: Some(SDP.to_vec())
+            }]
+        );
+        assert_eq!(
+            h.ep.uac[&call].early_tag.as_deref(),
+            Some("uas1"),
+            "early dialog"
+        );
+        assert!(h.take_sent().is_empty());
+
+        let ok = uas_reply(
+            &inv,
+            200,
+            Some("uas1"),
+            &[
+                "Record-Route: <sip:10.0.0.50:5080;lr>, <sip:10.0.0.51;lr>",
+                "Contact: <sip:bob@10.0.0.3:5070>",
+            ],
+            SDP,
+        );
+        h.send_raw(&ok);
+        let sent = h.take_sent();
+        assert_eq!(sent.len(), 1);
+        let ack = &sent[0];
+        assert!(
+            text(ack).starts_with("ACK sip:bob@10.0.0.3:5070 SIP/2.0\r\n"),
+            "{}",
+            text(ack)
+        );
+        assert_eq!(
+            header_values(ack, "Route"),
+            vec!["<sip:10.0.0.51;lr>", "<sip:10.0.0.50:5080;lr>"],
+            "UAC route set is Record-Route reversed"
+        );
+        assert_eq!(ack.destination, "10.0.0.51:5060".parse().unwrap());
+        let (a, i) = (request(ack), request(&inv));
+        assert_eq!((a.cseq.seq, &a.cseq.method), (1, &Method::Ack));
+        assert_ne!(
+            a.vias[0].branch, i.vias[0].branch,
+            "ACK for 2xx is a new transaction"
+        );
+        assert_eq!(a.from.tag, i.from.tag);
+        assert_eq!(a.to.tag.as_deref(), Some("uas1"));
+        assert_eq!(a.call_id, i.call_id);
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Answered {
+                call,
+                remote_sdp: Some(SDP.to_vec())
+            }]
+        );
+        h.send_raw(&ok);
+        assert_eq!(
+            h.take_sent(),
+            vec![ack.clone()],
+            "retransmitted 2xx: same ACK"
+        );
+        assert!(h.take_events().is_empty(), "Answered only once");
+        assert!(
+            h.ep.cancel(call, h.now).is_err(),
+            "an answered call is hung up, not cancelled"
+        );
+
+        h.ep.hangup(call, h.now).unwrap();
+        let sent = h.take_sent();
+        let bye = &sent[0];
+        assert!(text(bye).starts_with("BYE sip:bob@10.0.0.3:5070 SIP/2.0\r\n"));
+        assert_eq!(
+            header_values(bye, "Route"),
+            vec!["<sip:10.0.0.51;lr>", "<sip:10.0.0.50:5080;lr>"]
+        );
+        assert_eq!(bye.destination, "10.0.0.51:5060".parse().unwrap());
+        let b = request(bye);
+        assert_eq!((b.cseq.seq, &b.cseq.method), (2, &Method::Bye));
+        assert_eq!(b.from.raw, i.from.raw, "From: our party with our tag");
+        assert_eq!(
+            b.to.tag.as_deref(),
+            Some("uas1"),
+            "To: their party with their tag"
+        );
+        h.send_raw(&reply_to(bye, 200));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Ended {
+                call,
+                cause: EndCause::LocalByeDone
+            }]
+        );
+        h.assert_clean();
+    }
+
+    #[test]
+    fn uac_dialog_takes_info_reinvite_and_remote_bye() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, inv, ours, _) = h.answered("uas2", &["Contact: <sip:bob@10.0.0.2:5061>"]);
+        let mut far = Req::invite(&request(&inv).call_id);
+        far.from_tag = "uas2".into();
+
+        h.send(
+            &far.in_dialog("INFO", "not-ours", 1, 1)
+                .with_body("application/dtmf", b"1"),
+        );
+        assert_eq!(h.codes(), vec![481]);
+        let mut stranger = far
+            .in_dialog("INFO", &ours, 1, 2)
+            .with_body("application/dtmf", b"1");
+        stranger.from_tag = "someone-else".into();
+        h.send(&stranger);
+        assert_eq!(h.codes(), vec![481], "From tag must be theirs");
+
+        h.send(
+            &far.in_dialog("INFO", &ours, 1, 3)
+                .with_body("application/dtmf-relay", b"Signal=7\r\nDuration=100\r\n"),
+        );
+        assert_eq!(h.codes(), vec![200]);
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Dtmf {
+                call,
+                digit: '7',
+                duration_ms: Some(100)
+            }]
+        );
+        let re = far
+            .in_dialog("INVITE", &ours, 2, 4)
+            .with_body("application/sdp", SDP);
+        h.send(&re);
+        assert_eq!(h.codes(), vec![100]);
+        assert_eq!(
+            h.take_events(),
+            vec![Event::ReInvite {
+                call,
+                remote_sdp: Some(SDP.to_vec())
+            }]
+        );
+        h.ep.answer_reinvite(call, ANSWER.to_vec(), h.now).unwrap();
+        let ok = resp(&h.take_sent()[0]);
+        assert_eq!(
+            (ok.status, ok.to.tag.as_deref()),
+            (200, Some(ours.as_str()))
+        );
+        h.send(&re.ack_2xx(&ours));
+        assert!(h.take_events().is_empty());
+        h.send(&far.in_dialog("BYE", &ours, 3, 5));
+        assert_eq!(h.codes(), vec![200]);
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Ended {
+                call,
+                cause: EndCause::RemoteBye
+            }]
+        );
+        h.assert_clean();
+    }
+
+    const MD5_CHALLENGE: &str =
+        "Digest realm=\"trunk.example\", nonce=\"n-md5\", algorithm=MD5, qop=\"auth\"";
+    const SHA_CHALLENGE: &str =
+        "Digest realm=\"trunk.example\", nonce=\"n-sha\", algorithm=SHA-256, \
+         qop=\"auth,auth-int\", opaque=\"op\"";
+
+    #[test]
+    fn uac_401_is_acked_and_answered_with_sha256_credentials() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, call_id, inv) = h.dial(outbound(Transport::Udp, Some(alice())));
+        let challenge = uas_reply(
+            &inv,
+            401,
+            Some("t401"),
+            &[
+                &format!("WWW-Authenticate: {MD5_CHALLENGE}"),
+                &format!("WWW-Authenticate: {SHA_CHALLENGE}"),
+            ],
+            b"",
+        );
+        h.send_raw(&challenge);
+        let sent = h.take_sent();
+        assert_eq!(sent.len(), 2, "ACK and the new INVITE");
+        let (ack, inv2) = (&sent[0], &sent[1]);
+        assert!(text(ack).starts_with(&format!("ACK {RURI} SIP/2.0\r\n")));
+        let (a, i1, i2) = (request(ack), request(&inv), request(inv2));
+        assert_eq!(
+            a.vias[0].branch, i1.vias[0].branch,
+            "non-2xx ACK: same transaction"
+        );
+        assert_eq!((a.cseq.seq, &a.cseq.method), (1, &Method::Ack));
+        assert_eq!(a.to.tag.as_deref(), Some("t401"));
+        assert_eq!(ack.destination, trunk());
+        assert!(is(inv2, "INVITE"));
+        assert_eq!(i2.call_id, call_id);
+        assert_eq!(i2.from.raw, i1.from.raw, "same From tag");
+        assert_eq!(i2.to.tag, None);
+        assert_eq!(i2.cseq.seq, 2);
+        assert_ne!(i2.vias[0].branch, i1.vias[0].branch);
+        assert_eq!(i2.body, ANSWER);
+        let auth = header_values(inv2, "Authorization");
+        assert_eq!(auth.len(), 1);
+        let v = &auth[0];
+        assert_eq!(
+            auth_param(v, "algorithm").as_deref(),
+            Some("SHA-256"),
+            "SHA-256 preferred"
+        );
+        assert_eq!(auth_param(v, "nonce").as_deref(), Some("n-sha"));
+        assert_eq!(auth_param(v, "uri").as_deref(), Some(RURI));
+        assert_eq!(auth_param(v, "username").as_deref(), Some("alice"));
+        assert_eq!(auth_param(v, "qop").as_deref(), Some("auth"));
+        assert_eq!(auth_param(v, "nc").as_deref(), Some("00000001"));
+        assert_eq!(auth_param(v, "opaque").as_deref(), Some("op"));
+        assert_eq!(
+            auth_param(v, "response").unwrap(),
+            expected_response(v, SHA_CHALLENGE, "INVITE")
+        );
+        assert!(header_values(inv2, "Proxy-Authorization").is_empty());
+        assert!(h.take_events().is_empty());
+
+        h.send_raw(&challenge);
+        assert_eq!(
+            h.take_sent(),
+            vec![ack.clone()],
+            "retransmitted 401: ACK again, no new INVITE"
+        );
+
+        h.send_raw(&uas_reply(
+            inv2,
+            200,
+            Some("ok"),
+            &["Contact: <sip:bob@10.0.0.2:5061>"],
+            SDP,
+        ));
+        let sent = h.take_sent();
+        assert_eq!(
+            header_values(&sent[0], "Authorization"),
+            auth,
+            "ACK carries the INVITE's credentials"
+        );
+        assert_eq!(header_values(&sent[0], "CSeq"), vec!["2 ACK"]);
+        assert!(matches!(
+            h.take_events().as_slice(),
+            [Event::Answered { .. }]
+        ));
+        h.ep.hangup(call, h.now).unwrap();
+        let bye = h.take_sent().remove(0);
+        assert_eq!(header_values(&bye, "CSeq"), vec!["3 BYE"]);
+        h.send_raw(&reply_to(&bye, 200));
+        h.take_events();
+        h.assert_clean();
+    }
+
+    #[test]
+    fn uac_wrong_password_fails_and_stale_nonce_is_retried_once() {
+        let mut h = Harness::new(Transport::Udp);
+        // 407 -> Proxy-Authorization; stale=true gets one more try; a second stale fails.
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, Some(alice())));
+        let chal = |nonce: &str, stale: bool| {
+            format!(
+                "Proxy-Authenticate: Digest realm=\"proxy.example\", nonce=\"{nonce}\"{}",
+                if stale { ", stale=true" } else { "" }
+            )
+        };
+        h.send_raw(&uas_reply(&inv, 407, Some("p"), &[&chal("n1", false)], b""));
+        let sent = h.take_sent();
+        let inv2 = sent[1].clone();
+        let pa = header_values(&inv2, "Proxy-Authorization");
+        assert_eq!(pa.len(), 1);
+        assert!(header_values(&inv2, "Authorization").is_empty());
+        assert_eq!(auth_param(&pa[0], "qop"), None, "RFC 2069 mode without qop");
+        let ch = "Digest realm=\"proxy.example\", nonce=\"n1\"";
+        assert_eq!(
+            auth_param(&pa[0], "response").unwrap(),
+            expected_response(&pa[0], ch, "INVITE")
+        );
+
+        h.send_raw(&uas_reply(&inv2, 407, Some("p"), &[&chal("n2", true)], b""));
+        let sent = h.take_sent();
+        assert_eq!(sent.len(), 2, "stale nonce: ACK and one more INVITE");
+        let inv3 = sent[1].clone();
+        assert_eq!(header_values(&inv3, "CSeq"), vec!["3 INVITE"]);
+        assert_eq!(
+            auth_param(&header_values(&inv3, "Proxy-Authorization")[0], "nonce").as_deref(),
+            Some("n2")
+        );
+        h.send_raw(&uas_reply(&inv3, 407, Some("p"), &[&chal("n3", true)], b""));
+        let sent = h.take_sent();
+        assert_eq!(sent.len(), 1, "only the ACK");
+        assert!(is(&sent[0], "ACK"));
+        match h.take_events().as_slice() {
+            [Event::Failed {
+                call: c,
+                status: 407,
+                reason,
+            }] => {
+                assert_eq!(*c, call);
+                assert!(reason.contains("credentials rejected"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        h.assert_clean();
+
+        // Same nonce challenged again: wrong password.
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, Some(alice())));
+        let www = format!("WWW-Authenticate: {MD5_CHALLENGE}");
+        h.send_raw(&uas_reply(&inv, 401, Some("u"), &[&www], b""));
+        let inv2 = h.take_sent().remove(1);
+        h.send_raw(&uas_reply(&inv2, 401, Some("u"), &[&www], b""));
+        assert_eq!(h.take_sent().len(), 1, "ACK only");
+        assert!(matches!(
+            h.take_events().as_slice(),
+            [Event::Failed { call: c, status: 401, .. }] if *c == call
+        ));
+        h.assert_clean();
+    }
+
+    #[test]
+    fn uac_challenge_without_credentials_or_usable_digest_fails() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, None));
+        let www = format!("WWW-Authenticate: {MD5_CHALLENGE}");
+        h.send_raw(&uas_reply(&inv, 401, Some("u"), &[&www], b""));
+        assert_eq!(h.take_sent().len(), 1, "ACK, no retry");
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Failed {
+                call,
+                status: 401,
+                reason: "Unauthorized (no credentials configured)".into()
+            }]
+        );
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, Some(alice())));
+        h.send_raw(&uas_reply(
+            &inv,
+            401,
+            Some("u"),
+            &["WWW-Authenticate: Digest realm=\"r\""],
+            b"",
+        ));
+        match h.take_events().as_slice() {
+            [Event::Failed {
+                call: c,
+                status: 401,
+                reason,
+            }] => {
+                assert_eq!(*c, call);
+                assert!(
+                    reason.contains("nonce"),
+                    "names the missing parameter: {reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        h.assert_clean();
+    }
+
+    #[test]
+    fn uac_final_failure_is_acked_reported_once_and_stray_responses_dropped() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, None));
+        h.send_raw(&uas_reply(&inv, 180, Some("b"), &[], b""));
+        h.take_events();
+        let busy = uas_reply(&inv, 486, Some("b"), &[], b"");
+        h.send_raw(&busy);
+        let sent = h.take_sent();
+        assert_eq!(sent.len(), 1);
+        assert!(is(&sent[0], "ACK"));
+        assert_eq!(request(&sent[0]).to.tag.as_deref(), Some("b"));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Failed {
+                call,
+                status: 486,
+                reason: "Busy Here".into()
+            }]
+        );
+        assert_eq!(h.ep.active_calls(), 0);
+        h.send_raw(&busy);
+        assert_eq!(h.take_sent(), sent, "retransmitted 486: ACK again");
+        assert!(h.take_events().is_empty());
+        let stray = String::from_utf8(busy.clone())
+            .unwrap()
+            .replace("z9hG4bK", "z9hG4bKother");
+        h.send_raw(stray.as_bytes());
+        assert!(h.take_sent().is_empty() && h.take_events().is_empty());
+        assert_eq!(h.ep.malformed_messages(), 0);
+        h.run_idle();
+        assert!(h.take_sent().is_empty());
+        h.assert_clean();
+
+        // A redirect is just reported with its status.
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, None));
+        h.send_raw(&uas_reply(
+            &inv,
+            302,
+            Some("r"),
+            &["Contact: <sip:x@10.9.9.9>"],
+            b"",
+        ));
+        assert!(matches!(
+            h.take_events().as_slice(),
+            [Event::Failed { call: c, status: 302, .. }] if *c == call
+        ));
+        h.assert_clean();
+    }
+
+    #[test]
+    fn uac_cancel_waits_for_a_provisional_then_487_fails_once() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, None));
+        h.ep.cancel(call, h.now).unwrap();
+        assert!(
+            h.take_sent().is_empty(),
+            "no CANCEL before a provisional (RFC 3261 9.1)"
+        );
+        h.step();
+        assert_eq!(
+            h.take_sent(),
+            vec![inv.clone()],
+            "INVITE still retransmitted"
+        );
+        h.send_raw(&uas_reply(&inv, 100, None, &[], b""));
+        let sent = h.take_sent();
+        assert_eq!(sent.len(), 1);
+        let cancel = &sent[0];
+        assert!(text(cancel).starts_with(&format!("CANCEL {RURI} SIP/2.0\r\n")));
+        let (c, i) = (request(cancel), request(&inv));
+        assert_eq!(
+            c.vias[0].branch, i.vias[0].branch,
+            "CANCEL shares the INVITE's branch"
+        );
+        assert_eq!((c.cseq.seq, &c.cseq.method), (1, &Method::Cancel));
+        assert_eq!(
+            (c.from.raw.as_str(), c.to.raw.as_str()),
+            (i.from.raw.as_str(), i.to.raw.as_str())
+        );
+        assert_eq!(c.call_id, i.call_id);
+        assert_eq!(cancel.destination, trunk());
+        h.ep.cancel(call, h.now).unwrap(); // idempotent
+        h.send_raw(&uas_reply(&inv, 180, Some("x"), &[], b""));
+        assert!(h.take_sent().is_empty(), "one CANCEL");
+        assert!(h.take_events().is_empty(), "no Progress after cancel");
+        h.send_raw(&uas_reply(cancel, 200, Some("x"), &[], b""));
+        h.send_raw(&uas_reply(&inv, 487, Some("x"), &[], b""));
+        assert!(is(&h.take_sent()[0], "ACK"));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Failed {
+                call,
+                status: 487,
+                reason: "Request Terminated".into()
+            }]
+        );
+        assert_eq!(h.ep.cancel(call, h.now), Err(SipError::UnknownCall(call)));
+        h.assert_clean();
+        assert!(h.take_events().is_empty());
+    }
+
+    #[test]
+    fn uac_cancel_before_any_response_ends_with_the_first_final() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, None));
+        h.ep.cancel(call, h.now).unwrap();
+        h.send_raw(&uas_reply(&inv, 603, Some("d"), &[], b""));
+        let sent = h.take_sent();
+        assert_eq!(sent.len(), 1);
+        assert!(is(&sent[0], "ACK"), "no CANCEL was ever needed");
+        assert!(matches!(
+            h.take_events().as_slice(),
+            [Event::Failed { call: c, status: 603, .. }] if *c == call
+        ));
+        h.assert_clean();
+
+        // Cancelled and a challenge comes: no retry with credentials.
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, Some(alice())));
+        h.ep.cancel(call, h.now).unwrap();
+        let www = format!("WWW-Authenticate: {MD5_CHALLENGE}");
+        h.send_raw(&uas_reply(&inv, 401, Some("u"), &[&www], b""));
+        assert_eq!(h.take_sent().len(), 1);
+        assert!(matches!(
+            h.take_events().as_slice(),
+            [Event::Failed { status: 401, .. }]
+        ));
+
+        // Cancelled and nothing ever answers: Timer B.
+        let (call, _, _) = h.dial(outbound(Transport::Udp, None));
+        h.ep.cancel(call, h.now).unwrap();
+        h.run_idle();
+        assert!(
+            h.take_sent().iter().all(|t| is(t, "INVITE")),
+            "never a CANCEL"
+        );
+        assert!(matches!(
+            h.take_events().as_slice(),
+            [Event::Failed { call: c, status: 408, .. }] if *c == call
+        ));
+        h.assert_clean();
+    }
+
+    #[test]
+    fn uac_cancel_without_final_times_out_408() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, None));
+        h.send_raw(&uas_reply(&inv, 180, Some("r"), &[], b""));
+        h.take_events();
+        h.now += ms(1000);
+        h.ep.cancel(call, h.now).unwrap();
+        let start = h.now;
+        assert!(is(&h.take_sent()[0], "CANCEL"));
+        assert_eq!(
+            h.ep.poll_timeout(),
+            Some(start + ms(500)),
+            "Timer E of the CANCEL"
+        );
+        let mut failed_at = None;
+        while h.step() {
+            if !h.events.is_empty() && failed_at.is_none() {
+                failed_at = Some(h.now);
+            }
+        }
+        assert_eq!(
+            failed_at,
+            Some(start + ms(32_000)),
+            "64*T1 after the CANCEL"
+        );
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Failed {
+                call,
+                status: 408,
+                reason: "Request Timeout".into()
+            }]
+        );
+        assert!(h.take_sent().iter().all(|t| is(t, "CANCEL")));
+        h.assert_clean();
+    }
+
+    #[test]
+    fn uac_2xx_crossing_cancel_is_acked_and_hung_up() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, None));
+        h.send_raw(&uas_reply(&inv, 180, Some("x"), &[], b""));
+        h.take_events();
+        h.ep.cancel(call, h.now).unwrap();
+        let cancel = h.take_sent().remove(0);
+        h.send_raw(&uas_reply(
+            &inv,
+            200,
+            Some("x"),
+            &["Contact: <sip:bob@10.0.0.2:5061>"],
+            SDP,
+        ));
+        let sent = h.take_sent();
+        assert_eq!(sent.len(), 2);
+        assert!(
+            is(&sent[0], "ACK") && is(&sent[1], "BYE"),
+            "ACK then BYE at once"
+        );
+        assert_eq!(request(&sent[1]).to.tag.as_deref(), Some("x"));
+        assert!(
+            h.take_events().is_empty(),
+            "no Answered for a cancelled call"
+        );
+        h.send_raw(&uas_reply(&cancel, 200, Some("x"), &[], b""));
+        h.send_raw(&reply_to(&sent[1], 200));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Ended {
+                call,
+                cause: EndCause::LocalByeDone
+            }]
+        );
+        h.assert_clean();
+        assert!(h.take_events().is_empty(), "exactly one terminal event");
+    }
+
+    #[test]
+    fn uac_2xx_from_a_second_fork_is_acked_and_hung_up() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, inv, _, ack_a) = h.answered("a", &["Contact: <sip:a@10.0.0.2:5061>"]);
+        let ok_b = uas_reply(
+            &inv,
+            200,
+            Some("b"),
+            &["Contact: <sip:b@10.0.0.4:5062>"],
+            SDP,
+        );
+        h.send_raw(&ok_b);
+        let sent = h.take_sent();
+        assert_eq!(sent.len(), 2);
+        let (ack_b, bye_b) = (&sent[0], &sent[1]);
+        assert!(text(ack_b).starts_with("ACK sip:b@10.0.0.4:5062 "));
+        assert_eq!(request(ack_b).to.tag.as_deref(), Some("b"));
+        assert!(text(bye_b).starts_with("BYE sip:b@10.0.0.4:5062 "));
+        assert_eq!(bye_b.destination, "10.0.0.4:5062".parse().unwrap());
+        assert_eq!(request(bye_b).to.tag.as_deref(), Some("b"));
+        assert_eq!(header_values(bye_b, "CSeq"), vec!["2 BYE"]);
+        assert!(h.take_events().is_empty(), "the other fork raises nothing");
+        h.send_raw(&reply_to(bye_b, 200));
+        assert!(h.take_events().is_empty());
+        h.send_raw(&ok_b);
+        assert_eq!(h.take_sent(), vec![ack_b.clone()], "re-ACK, no second BYE");
+        h.send_raw(&uas_reply(
+            &inv,
+            200,
+            Some("a"),
+            &["Contact: <sip:a@10.0.0.2:5061>"],
+            SDP,
+        ));
+        assert_eq!(h.take_sent(), vec![ack_a]);
+        assert_eq!(h.ep.active_calls(), 1, "the first fork's call is up");
+        h.ep.hangup(call, h.now).unwrap();
+        let bye = h.take_sent().remove(0);
+        assert_eq!(request(&bye).to.tag.as_deref(), Some("a"));
+        h.send_raw(&reply_to(&bye, 200));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Ended {
+                call,
+                cause: EndCause::LocalByeDone
+            }]
+        );
+        h.assert_clean();
+    }
+
+    #[test]
+    fn uac_hangup_while_ringing_cancels_and_uas_actions_are_refused() {
+        let mut h = Harness::new(Transport::Udp);
+        let (call, _, inv) = h.dial(outbound(Transport::Udp, None));
+        h.ep.ring(call, h.now);
+        assert!(h.ep.answer(call, ANSWER.to_vec(), h.now).is_err());
+        assert!(h.ep.reject(call, 486, h.now).is_err());
+        assert!(h.ep.answer_reinvite(call, ANSWER.to_vec(), h.now).is_err());
+        assert!(h.take_sent().is_empty());
+        h.send_raw(&uas_reply(&inv, 180, Some("r"), &[], b""));
+        h.take_events();
+        h.ep.hangup(call, h.now).unwrap();
+        assert!(is(&h.take_sent()[0], "CANCEL"));
+        h.send_raw(&uas_reply(&inv, 487, Some("r"), &[], b""));
+        assert!(matches!(
+            h.take_events().as_slice(),
+            [Event::Failed { status: 487, .. }]
+        ));
+        h.assert_clean();
+    }
+
+    #[test]
+    fn uac_invalid_arguments_are_refused_without_state() {
+        let mut h = Harness::new(Transport::Udp);
+        let bad = [
+            OutboundCall {
+                request_uri: "sip:a@b\r\nX-Evil: 1".into(),
+                ..outbound(Transport::Udp, None)
+            },
+            OutboundCall {
+                request_uri: "sip:a b@c".into(),
+                ..outbound(Transport::Udp, None)
+            },
+            OutboundCall {
+                to_uri: "<sip:a@b>".into(),
+                ..outbound(Transport::Udp, None)
+            },
+            OutboundCall {
+                from_uri: "nocolon".into(),
+                ..outbound(Transport::Udp, None)
+            },
+            OutboundCall {
+                from_display: Some("a\nb".into()),
+                ..outbound(Transport::Udp, None)
+            },
+            OutboundCall {
+                credentials: Some(Credentials {
+                    username: "a\r\n".into(),
+                    password: "p".into(),
+                }),
+                ..outbound(Transport::Udp, None)
+            },
+            OutboundCall {
+                call_id: Some("two words".into()),
+                ..outbound(Transport::Udp, None)
+            },
+            OutboundCall {
+                call_id: Some(String::new()),
+                ..outbound(Transport::Udp, None)
+            },
+        ];
+        for call in bad {
+            assert!(
+                matches!(
+                    h.ep.invite(call.clone(), h.now),
+                    Err(SipError::BadHeader { .. })
+                ),
+                "{call:?}"
+            );
+        }
+        assert!(h.take_sent().is_empty());
+        assert!(
+            !format!("{:?}", alice()).contains("s3cret"),
+            "Debug hides the password"
+        );
+        h.assert_clean();
+
+        let chosen = OutboundCall {
+            call_id: Some("app-call-42@warmline".into()),
+            ..outbound(Transport::Udp, None)
+        };
+        let (call, call_id, inv) = h.dial(chosen);
+        assert_eq!(call_id, "app-call-42@warmline");
+        assert_eq!(
+            request(&inv).call_id,
+            call_id,
+            "the application's Call-ID is used"
+        );
+        h.ep.cancel(call, h.now).unwrap();
+        h.run_idle();
+        h.take_events();
+        h.assert_clean();
+    }
+
+    fn registration(credentials: Option<Credentials>) -> Registration {
+        Registration {
+            registrar_uri: "sip:trunk.example".into(),
+            aor: "sip:alice@trunk.example".into(),
+            destination: trunk(),
+            transport: Transport::Udp,
+            expires: Duration::from_secs(300),
+            credentials,
+        }
+    }
+
+    #[test]
+    fn register_authenticates_refreshes_and_unregisters() {
+        let mut h = Harness::new(Transport::Udp);
+        let reg = h.ep.register(registration(Some(alice())), h.now);
+        let r1 = h.take_sent().remove(0);
+        assert!(text(&r1).starts_with("REGISTER sip:trunk.example SIP/2.0\r\n"));
+        assert_eq!(r1.destination, trunk());
+        let q1 = request(&r1);
+        assert_eq!(q1.from.uri, "sip:alice@trunk.example");
+        assert!(q1.from.tag.is_some());
+        assert_eq!(
+            (q1.to.uri.as_str(), q1.to.tag.as_ref()),
+            ("sip:alice@trunk.example", None)
+        );
+        assert_eq!((q1.cseq.seq, &q1.cseq.method), (1, &Method::Register));
+        assert_eq!(
+            header_values(&r1, "Contact"),
+            vec!["<sip:alice@10.0.0.1:5060>;expires=300"]
+        );
+        assert_eq!(header_values(&r1, "Expires"), vec!["300"]);
+        assert!(header_values(&r1, "Authorization").is_empty());
+
+        h.send_raw(&uas_reply(
+            &r1,
+            401,
+            Some("reg"),
+            &[&format!("WWW-Authenticate: {MD5_CHALLENGE}")],
+            b"",
+        ));
+        let r2 = h.take_sent().remove(0);
+        let q2 = request(&r2);
+        assert_eq!(
+            (q2.call_id.as_str(), q2.from.tag.as_ref()),
+            (q1.call_id.as_str(), q1.from.tag.as_ref())
+        );
+        assert_eq!(q2.cseq.seq, 2);
+        let a2 = header_values(&r2, "Authorization").remove(0);
+        assert_eq!(auth_param(&a2, "uri").as_deref(), Some("sip:trunk.example"));
+        assert_eq!(auth_param(&a2, "nc").as_deref(), Some("00000001"));
+        assert_eq!(
+            auth_param(&a2, "response").unwrap(),
+            expected_response(&a2, MD5_CHALLENGE, "REGISTER")
+        );
+        assert!(h.take_events().is_empty());
+
+        h.send_raw(&uas_reply(
+            &r2,
+            200,
+            Some("reg"),
+            &[
+                "Contact: <sip:other@10.9.9.9>;expires=999, <sip:alice@10.0.0.1:5060>;expires=120",
+                "Expires: 3600",
+            ],
+            b"",
+        ));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Registered {
+                reg,
+                expires: Duration::from_secs(120)
+            }]
+        );
+        let granted_at = h.now;
+        h.advance_to(granted_at + ms(59_999));
+        assert!(h.take_sent().is_empty());
+        h.advance_to(granted_at + ms(60_000));
+        let r3 = h.take_sent().remove(0);
+        let q3 = request(&r3);
+        assert_eq!((q3.call_id.as_str(), q3.cseq.seq), (q1.call_id.as_str(), 3));
+        let a3 = header_values(&r3, "Authorization").remove(0);
+        assert_eq!(
+            auth_param(&a3, "nc").as_deref(),
+            Some("00000002"),
+            "nonce reused"
+        );
+        assert_eq!(
+            auth_param(&a3, "response").unwrap(),
+            expected_response(&a3, MD5_CHALLENGE, "REGISTER")
+        );
+
+        h.send_raw(&uas_reply(&r3, 200, Some("reg"), &["Expires: 8"], b""));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Registered {
+                reg,
+                expires: Duration::from_secs(8)
+            }]
+        );
+        let granted_at = h.now;
+        h.advance_to(granted_at + ms(3000));
+        let r4 = h.take_sent().remove(0);
+        assert_eq!(request(&r4).cseq.seq, 4, "refresh 5 s before an 8 s expiry");
+        let stale = "WWW-Authenticate: Digest realm=\"trunk.example\", nonce=\"fresh\", \
+                     stale=true, qop=\"auth\"";
+        h.send_raw(&uas_reply(&r4, 401, Some("reg"), &[stale], b""));
+        let r5 = h.take_sent().remove(0);
+        let a5 = header_values(&r5, "Authorization").remove(0);
+        assert_eq!(auth_param(&a5, "nonce").as_deref(), Some("fresh"));
+        assert_eq!(auth_param(&a5, "nc").as_deref(), Some("00000001"));
+        h.send_raw(&uas_reply(&r5, 200, Some("reg"), &[], b""));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Registered {
+                reg,
+                expires: Duration::from_secs(300)
+            }],
+            "no Expires granted: the requested one"
+        );
+
+        h.ep.unregister(reg, h.now);
+        let r6 = h.take_sent().remove(0);
+        assert_eq!(header_values(&r6, "Expires"), vec!["0"]);
+        assert_eq!(
+            header_values(&r6, "Contact"),
+            vec!["<sip:alice@10.0.0.1:5060>;expires=0"]
+        );
+        assert_eq!(request(&r6).cseq.seq, 6);
+        assert_eq!(request(&r6).call_id, q1.call_id);
+        h.send_raw(&uas_reply(&r6, 200, Some("reg"), &[], b""));
+        h.assert_clean();
+        assert!(h.take_events().is_empty());
+        assert!(h.take_sent().is_empty(), "no refresh after unregister");
+    }
+
+    #[test]
+    fn register_failures_are_reported_and_retried_after_back_off() {
+        let mut h = Harness::new(Transport::Udp);
+        let reg = h.ep.register(registration(None), h.now);
+        let r1 = h.take_sent().remove(0);
+        h.send_raw(&uas_reply(
+            &r1,
+            401,
+            Some("x"),
+            &[&format!("WWW-Authenticate: {MD5_CHALLENGE}")],
+            b"",
+        ));
+        match h.take_events().as_slice() {
+            [Event::RegistrationFailed {
+                reg: r,
+                status: 401,
+                reason,
+            }] => {
+                assert_eq!(*r, reg);
+                assert!(reason.contains("no credentials"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let failed_at = h.now;
+        h.advance_to(failed_at + ms(29_999));
+        assert!(h.take_sent().is_empty());
+        h.advance_to(failed_at + ms(30_000));
+        let r2 = h.take_sent().remove(0);
+        assert_eq!(request(&r2).cseq.seq, 2);
+        h.send_raw(&uas_reply(&r2, 403, Some("x"), &[], b""));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::RegistrationFailed {
+                reg,
+                status: 403,
+                reason: "Forbidden".into()
+            }]
+        );
+        h.advance_to(h.now + ms(30_000));
+        let r3 = h.take_sent().remove(0);
+        assert_eq!(request(&r3).cseq.seq, 3);
+        let start = h.now;
+        while h.events.is_empty() {
+            assert!(h.step());
+        }
+        assert_eq!(h.now - start, ms(32_000), "Timer F");
+        assert_eq!(
+            h.take_events(),
+            vec![Event::RegistrationFailed {
+                reg,
+                status: 408,
+                reason: "Request Timeout".into()
+            }]
+        );
+        h.advance_to(h.now + ms(30_000));
+        let r4 = h.sent.drain(..).map(|(_, t)| t).next_back().unwrap();
+        assert_eq!(request(&r4).cseq.seq, 4);
+        h.send_raw(&uas_reply(&r4, 423, Some("x"), &["Min-Expires: 600"], b""));
+        let r5 = h.take_sent().remove(0);
+        assert_eq!(
+            header_values(&r5, "Expires"),
+            vec!["600"],
+            "423: ask for Min-Expires"
+        );
+        h.send_raw(&uas_reply(&r5, 200, Some("x"), &[], b""));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Registered {
+                reg,
+                expires: Duration::from_secs(600)
+            }]
+        );
+        h.ep.unregister(reg, h.now);
+        h.ep.unregister(reg, h.now);
+        assert_eq!(h.take_sent().len(), 1, "one de-registration");
+        h.run_idle(); // no answer: given up silently
+        assert!(h.take_events().is_empty());
+        h.assert_clean();
+
+        let bad = h.ep.register(
+            Registration {
+                aor: "not a uri".into(),
+                ..registration(None)
+            },
+            h.now,
+        );
+        assert!(matches!(
+            h.take_events().as_slice(),
+            [Event::RegistrationFailed { reg: r, status: 0, .. }] if *r == bad
+        ));
+        assert_ne!(bad, reg);
+        h.assert_clean();
+    }
+
+    #[test]
+    fn transport_failure_fails_calls_and_registrations_with_503() {
+        let mut h = Harness::new(Transport::Tcp);
+        let (call, _, _) = h.dial(outbound(Transport::Tcp, None));
+        let reg = h.ep.register(
+            Registration {
+                transport: Transport::Tcp,
+                ..registration(None)
+            },
+            h.now,
+        );
+        let r1 = h.take_sent().remove(0);
+        assert_eq!(
+            header_values(&r1, "Contact"),
+            vec!["<sip:alice@10.0.0.1:5060;transport=tcp>;expires=300"]
+        );
+        h.ep.transport_failed(trunk(), Transport::Udp, h.now);
+        assert!(h.take_events().is_empty(), "other transport: unaffected");
+        h.ep.transport_failed(trunk(), Transport::Tcp, h.now);
+        let evs = h.take_events();
+        assert!(evs.contains(&Event::Failed {
+            call,
+            status: 503,
+            reason: "Service Unavailable (transport error)".into()
+        }));
+        assert!(evs.iter().any(
+            |e| matches!(e, Event::RegistrationFailed { reg: r, status: 503, .. } if *r == reg)
+        ));
+        assert_eq!(evs.len(), 2);
+        h.ep.unregister(reg, h.now);
+        h.take_sent();
+        h.ep.transport_failed(trunk(), Transport::Tcp, h.now);
+        assert!(h.take_events().is_empty());
+        h.assert_clean();
+    }
+
+    #[test]
+    fn refresh_is_at_half_life_and_at_least_five_seconds_early() {
+        assert_eq!(refresh_delay(3600), Duration::from_secs(1800));
+        assert_eq!(refresh_delay(8), Duration::from_secs(3));
+        assert_eq!(
+            refresh_delay(4),
+            Duration::from_secs(1),
+            "never a busy loop"
+        );
+        assert_eq!(refresh_delay(7200), Duration::from_secs(3600));
+        assert_eq!(
+            refresh_delay(u32::MAX),
+            Duration::from_secs(86_400),
+            "capped"
+        );
+    }
+
+    #[test]
+    fn poll_timeout_is_the_earliest_of_all_timers() {
+        let mut h = Harness::new(Transport::Tcp);
+        let reg = h.ep.register(
+            Registration {
+                transport: Transport::Tcp,
+                ..registration(None)
+            },
+            h.now,
+        );
+        let r1 = h.take_sent().remove(0);
+        h.send_raw(&uas_reply(&r1, 200, Some("x"), &["Expires: 20"], b""));
+        h.take_events();
+        assert_eq!(
+            h.ep.poll_timeout(),
+            Some(h.t0 + ms(10_000)),
+            "refresh timer alone"
+        );
+        let (call, _, inv) = h.dial(outbound(Transport::Tcp, None));
+        assert_eq!(
+            h.ep.poll_timeout(),
+            Some(h.t0 + ms(10_000)),
+            "Timer B is later"
+        );
+        h.send_raw(&uas_reply(&inv, 180, Some("r"), &[], b""));
+        h.ep.cancel(call, h.now).unwrap();
+        h.take_sent();
+        assert_eq!(h.ep.poll_timeout(), Some(h.t0 + ms(10_000)));
+        h.step();
+        let refresh = h.take_sent().remove(0);
+        assert!(is(&refresh, "REGISTER"));
+        assert_eq!(
+            h.ep.poll_timeout(),
+            Some(h.t0 + ms(32_000)),
+            "CANCEL's Timer F and our cancel timer"
+        );
+        h.ep.unregister(reg, h.now);
+        h.run_idle();
+        h.take_events();
+        h.assert_clean();
+    }
+
     mod fuzz {
         use super::*;
         use proptest::prelude::*;
@@ -2306,6 +4793,144 @@ mod tests {
             h.run_idle();
             assert_eq!(h.ep.transaction_count(), 0);
             assert_eq!(h.ep.active_calls(), 0);
+        }
+
+        /// Responses a trunk might send to the INVITE `inv`.
+        fn uac_seeds(inv: &Transmit) -> Vec<Vec<u8>> {
+            let www = format!("WWW-Authenticate: {SHA_CHALLENGE}");
+            let stale = "Proxy-Authenticate: Digest realm=\"p\", nonce=\"s\", stale=true, \
+                         algorithm=MD5-sess, qop=\"auth\"";
+            vec![
+                uas_reply(inv, 100, None, &[], b""),
+                uas_reply(inv, 180, Some("f1"), &[], b""),
+                uas_reply(
+                    inv,
+                    183,
+                    Some("f1"),
+                    &["Contact: <sip:b@10.0.0.2:5061>"],
+                    SDP,
+                ),
+                uas_reply(
+                    inv,
+                    200,
+                    Some("f1"),
+                    &[
+                        "Record-Route: <sip:10.0.0.50;lr>, <sip:p.example>",
+                        "Contact: <sip:b@10.0.0.2:5061>",
+                    ],
+                    SDP,
+                ),
+                uas_reply(
+                    inv,
+                    200,
+                    Some("f2"),
+                    &["Contact: <sip:c@[2001:db8::1]:5062>"],
+                    SDP,
+                ),
+                uas_reply(inv, 401, Some("f1"), &[&www], b""),
+                uas_reply(inv, 407, Some("f1"), &[stale], b""),
+                uas_reply(inv, 486, Some("f1"), &[], b""),
+            ]
+        }
+
+        /// Feeds (mutated) responses to whatever INVITE is outstanding, then gives up on
+        /// the call: the endpoint must not panic, must report exactly one terminal event
+        /// and must clean up.
+        type Pick = (usize, Vec<(u8, usize, u8)>);
+
+        fn picks() -> impl Strategy<Value = Vec<Pick>> {
+            let ops = proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 0..5);
+            proptest::collection::vec((0usize..8, ops), 1..6)
+        }
+
+        fn drive_uac(picks: &[Pick], raw: &[Vec<u8>], tcp: bool) {
+            let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+            let mut h = Harness::new(transport);
+            let (call, _, mut inv) = h.dial(outbound(transport, Some(alice())));
+            for (i, (pick, ops)) in picks.iter().enumerate() {
+                let seeds = uac_seeds(&inv);
+                h.send_raw(&mutate(seeds[*pick % seeds.len()].clone(), ops));
+                if let Some(r) = raw.get(i) {
+                    h.send_raw(r);
+                }
+                for t in h.take_sent() {
+                    if is(&t, "INVITE") {
+                        inv = t;
+                    }
+                }
+                if i == 1 {
+                    let _ = h.ep.cancel(call, h.now);
+                }
+            }
+            if h.ep.cancel(call, h.now).is_err() {
+                let _ = h.ep.hangup(call, h.now);
+            }
+            h.run_idle();
+            let events = h.take_events();
+            let terminal = events
+                .iter()
+                .filter(|e| matches!(e, Event::Failed { .. } | Event::Ended { .. }))
+                .count();
+            assert_eq!(terminal, 1, "{events:?}");
+            let answered = events
+                .iter()
+                .filter(|e| matches!(e, Event::Answered { .. }))
+                .count();
+            assert!(answered <= 1, "{events:?}");
+            h.assert_clean();
+        }
+
+        /// Mutated registrar responses to whatever REGISTER is outstanding, then unregister.
+        fn drive_register(picks: &[Pick]) {
+            let mut h = Harness::new(Transport::Udp);
+            let reg = h.ep.register(registration(Some(alice())), h.now);
+            let mut last = h.take_sent().remove(0);
+            for (pick, ops) in picks {
+                let www = format!("WWW-Authenticate: {MD5_CHALLENGE}");
+                let seeds = [
+                    uas_reply(&last, 401, Some("r"), &[&www], b""),
+                    uas_reply(
+                        &last,
+                        200,
+                        Some("r"),
+                        &[
+                            "Contact: <sip:alice@10.0.0.1:5060>;expires=\"60\";q=1",
+                            "Expires: 9",
+                        ],
+                        b"",
+                    ),
+                    uas_reply(&last, 423, Some("r"), &["Min-Expires: 4294967295"], b""),
+                    uas_reply(&last, 503, Some("r"), &[], b""),
+                ];
+                h.send_raw(&mutate(seeds[*pick % seeds.len()].clone(), ops));
+                let later = h.now + ms(1000);
+                h.advance_to(later);
+                if let Some(t) = h.take_sent().into_iter().rfind(|t| is(t, "REGISTER")) {
+                    last = t;
+                }
+            }
+            h.ep.unregister(reg, h.now);
+            h.run_idle();
+            h.assert_clean();
+        }
+
+        proptest! {
+            #[test]
+            fn register_mutated_responses_never_panic_or_leak(picks in picks()) {
+                drive_register(&picks);
+            }
+
+            #[test]
+            fn uac_mutated_responses_never_panic_or_leak(
+                picks in picks(),
+                raw in proptest::collection::vec(
+                    proptest::collection::vec(any::<u8>(), 0..300),
+                    0..3,
+                ),
+                tcp in any::<bool>(),
+            ) {
+                drive_uac(&picks, &raw, tcp);
+            }
         }
 
         proptest! {

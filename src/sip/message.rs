@@ -500,7 +500,7 @@ impl Request {
     }
 }
 
-/// A validated response (we only receive responses to our own BYE for now).
+/// A validated response to one of our requests.
 #[derive(Clone, Debug)]
 pub struct Response {
     pub status: u16,
@@ -510,7 +510,28 @@ pub struct Response {
     pub to: NameAddr,
     pub call_id: String,
     pub cseq: CSeq,
+    /// Every Contact entry (a REGISTER 2xx lists all bindings); unparseable entries and
+    /// `*` are skipped.
+    pub contacts: Vec<NameAddr>,
+    /// Record-Route entries in the order received.
+    pub record_route: Vec<String>,
+    pub content_type: Option<String>,
+    /// `WWW-Authenticate` values (one challenge each), from a 401.
+    pub www_authenticate: Vec<String>,
+    /// `Proxy-Authenticate` values, from a 407.
+    pub proxy_authenticate: Vec<String>,
+    /// `Expires` in seconds, if present and numeric.
+    pub expires: Option<u32>,
+    /// `Min-Expires` in seconds (423 Interval Too Brief), if present and numeric.
+    pub min_expires: Option<u32>,
     pub body: Vec<u8>,
+}
+
+impl Response {
+    /// Media type of the body, lower-case, parameters removed.
+    pub fn media_type(&self) -> Option<String> {
+        self.content_type.as_deref().map(media_type)
+    }
 }
 
 // Short-lived and moved once per datagram; boxing would only add an allocation.
@@ -891,16 +912,35 @@ fn build_message(lexed: &Lexed<'_>) -> Result<Message, SipError> {
     let body = body_by_length(lexed)?;
 
     match &lexed.start {
-        StartLine::Response { code, reason } => Ok(Message::Response(Response {
-            status: *code,
-            reason: reason.to_string(),
-            vias,
-            from,
-            to,
-            call_id: call_id.to_string(),
-            cseq,
-            body,
-        })),
+        StartLine::Response { code, reason } => {
+            let contacts = header(lexed, "Contact")
+                .flat_map(|v| split_list(v).unwrap_or_default())
+                .filter(|v| *v != "*")
+                .filter_map(|v| NameAddr::parse(v, "Contact").ok())
+                .collect();
+            let record_route = header(lexed, "Record-Route")
+                .map(|v| NameAddr::parse(v, "Record-Route").map(|n| n.raw))
+                .collect::<Result<Vec<_>, _>>()?;
+            let strings = |name: &str| header(lexed, name).map(str::to_string).collect();
+            let seconds = |name: &str| header(lexed, name).next().and_then(parse_seconds);
+            Ok(Message::Response(Response {
+                status: *code,
+                reason: reason.to_string(),
+                vias,
+                from,
+                to,
+                call_id: call_id.to_string(),
+                cseq,
+                contacts,
+                record_route,
+                content_type: header(lexed, "Content-Type").next().map(str::to_string),
+                www_authenticate: strings("WWW-Authenticate"),
+                proxy_authenticate: strings("Proxy-Authenticate"),
+                expires: seconds("Expires"),
+                min_expires: seconds("Min-Expires"),
+                body,
+            }))
+        }
         StartLine::Request { method, uri, .. } => {
             let method = Method::parse(method);
             if cseq.method != method {
@@ -986,6 +1026,15 @@ fn body_by_length(lexed: &Lexed<'_>) -> Result<Vec<u8>, SipError> {
     }
 }
 
+/// delta-seconds (RFC 3261 25.1): digits only, saturating at u32::MAX.
+pub fn parse_seconds(v: &str) -> Option<u32> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.parse::<u32>().unwrap_or(u32::MAX))
+}
+
 fn parse_content_length(v: &str) -> Option<usize> {
     let v = v.trim();
     if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -1023,6 +1072,10 @@ fn canonical_name(name: &str) -> String {
         "record-route" => "Record-Route",
         "route" => "Route",
         "require" => "Require",
+        "www-authenticate" => "WWW-Authenticate",
+        "proxy-authenticate" => "Proxy-Authenticate",
+        "expires" => "Expires",
+        "min-expires" => "Min-Expires",
         _ => return name.to_string(),
     };
     canon.to_string()
@@ -1156,26 +1209,39 @@ pub fn reason_phrase(code: u16) -> &'static str {
         100 => "Trying",
         180 => "Ringing",
         183 => "Session Progress",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
         200 => "OK",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
         408 => "Request Timeout",
+        410 => "Gone",
         415 => "Unsupported Media Type",
         420 => "Bad Extension",
+        423 => "Interval Too Brief",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
+        484 => "Address Incomplete",
         486 => "Busy Here",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
         491 => "Request Pending",
         500 => "Server Internal Error",
         501 => "Not Implemented",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Server Time-out",
         513 => "Message Too Large",
         600 => "Busy Everywhere",
         603 => "Decline",
+        604 => "Does Not Exist Anywhere",
         _ => match code / 100 {
             1 => "Progress",
             2 => "OK",
@@ -1765,6 +1831,45 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn response_dialog_auth_and_registration_fields() {
+        let text = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKx\r\n\
+            Record-Route: <sip:p1;lr>, <sip:p2;lr>\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\n\
+            Call-ID: c\r\nCSeq: 1 REGISTER\r\n\
+            m: <sip:x@10.0.0.1:5060>;expires=60, <sip:y@h>;expires=\"30\", not a contact\r\n\
+            Contact: *\r\nexpires: 120\r\nMin-Expires: 1e3\r\n\
+            www-authenticate: Digest realm=\"a, b\", nonce=\"n\"\r\n\
+            WWW-Authenticate: Digest realm=\"r\", nonce=\"m\", algorithm=SHA-256\r\n\
+            Proxy-Authenticate: Digest realm=\"p\", nonce=\"q\"\r\n\
+            Content-Type: application/SDP\r\nContent-Length: 0\r\n\r\n";
+        match parse(text.as_bytes(), &Limits::default()) {
+            Ok(Some(Message::Response(r))) => {
+                let uris: Vec<&str> = r.contacts.iter().map(|c| c.uri.as_str()).collect();
+                assert_eq!(uris, vec!["sip:x@10.0.0.1:5060", "sip:y@h"]);
+                assert_eq!(r.contacts[0].params, ";expires=60");
+                assert_eq!(r.record_route, vec!["<sip:p1;lr>", "<sip:p2;lr>"]);
+                assert_eq!(
+                    r.www_authenticate,
+                    vec![
+                        "Digest realm=\"a, b\", nonce=\"n\"",
+                        "Digest realm=\"r\", nonce=\"m\", algorithm=SHA-256"
+                    ]
+                );
+                assert_eq!(
+                    r.proxy_authenticate,
+                    vec!["Digest realm=\"p\", nonce=\"q\""]
+                );
+                assert_eq!(r.expires, Some(120));
+                assert_eq!(r.min_expires, None, "not delta-seconds");
+                assert_eq!(r.media_type().as_deref(), Some("application/sdp"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse_seconds("99999999999"), Some(u32::MAX));
+        assert_eq!(parse_seconds(" 7 "), Some(7));
+        assert_eq!(parse_seconds("-1"), None);
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! Sans-IO SIP transaction layer (RFC 3261 section 17, with RFC 6026's Accepted state).
 //!
-//! Server transactions (INVITE and non-INVITE) and the non-INVITE client transaction are
-//! implemented; an INVITE client transaction (for an outbound UAC with digest auth) fits
-//! the same table: a new [`TxKind`], its key is [`TxKey::Client`], and its Timers A/B/D use
-//! the same three timer slots. Timers live in one binary heap with lazy deletion, so arming,
+//! Server transactions (INVITE and non-INVITE) and both client transactions. The INVITE
+//! client transaction (outbound calls) uses the same three timer slots for Timers A/B/D
+//! and RFC 6026's Timer M. Timers live in one binary heap with lazy deletion, so arming,
 //! cancelling and finding the next deadline stay O(log n) with 100k transactions.
 
 use std::cmp::Reverse;
@@ -74,13 +73,16 @@ pub enum TxKind {
     InviteServer,
     NonInviteServer,
     NonInviteClient,
+    InviteClient,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxState {
+    /// Also the INVITE client's "Calling" state.
     Trying,
     Proceeding,
     /// INVITE server after a 2xx (RFC 6026): 2xx retransmitted until ACK, ended by Timer L.
+    /// INVITE client after a 2xx: further 2xx go to the TU until Timer M.
     Accepted,
     Completed,
     Confirmed,
@@ -89,11 +91,13 @@ pub enum TxState {
 /// The three timer slots every transaction kind needs (names per RFC 3261 table 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TimerKind {
-    /// G (INVITE server, also for 2xx), E (non-INVITE client).
+    /// G (INVITE server, also for 2xx), E (non-INVITE client), A (INVITE client).
     Retransmit,
-    /// H (INVITE server Completed), L (Accepted), F (non-INVITE client).
+    /// H (INVITE server Completed), L (Accepted), F (non-INVITE client),
+    /// B (INVITE client Calling), M (INVITE client Accepted).
     Timeout,
-    /// I (INVITE server Confirmed), J (non-INVITE server), K (non-INVITE client).
+    /// I (INVITE server Confirmed), J (non-INVITE server), K (non-INVITE client),
+    /// D (INVITE client Completed).
     Linger,
 }
 
@@ -121,7 +125,8 @@ pub struct Transaction {
     pub method: Method,
     /// How to build responses to the request (server transactions only).
     pub response_ctx: Option<ResponseCtx>,
-    /// Last response sent (server) or the request (client), for retransmission.
+    /// Last response sent (server) or the request (client), for retransmission; for a
+    /// completed INVITE client transaction, the ACK for its non-2xx final response.
     pub last: Option<Vec<u8>>,
     pub last_status: u16,
     /// ACK for our 2xx has been seen (Accepted state).
@@ -137,15 +142,33 @@ pub enum TxEvent {
     AckTimeout { tx: TxId, call: Option<CallHandle> },
     /// A client transaction received its final response.
     ClientFinal {
+        tx: TxId,
         call: Option<CallHandle>,
         method: Method,
         status: u16,
     },
-    /// Timer F fired: the client request got no final response (an implicit 408).
+    /// Timer F (or B) fired: the client request got no final response (an implicit 408).
     ClientTimeout {
+        tx: TxId,
         call: Option<CallHandle>,
         method: Method,
     },
+    /// Timer M: an INVITE client transaction that got a 2xx ended (no more 2xx retransmissions
+    /// reach the TU).
+    InviteClientEnded { tx: TxId, call: Option<CallHandle> },
+}
+
+/// How the INVITE client transaction classified a response (RFC 3261 17.1.1, RFC 6026 8.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InviteResponse {
+    /// 1xx while Calling/Proceeding: pass to the TU.
+    Provisional,
+    /// A 2xx (first or retransmitted, also from another fork): the TU ACKs it.
+    Success,
+    /// The first non-2xx final: the TU must hand the ACK to [`TransactionLayer::send_ack`].
+    Failure,
+    /// Nothing for the TU (late provisional, retransmitted non-2xx whose ACK was resent).
+    Absorbed,
 }
 
 /// RFC 3261 timer values.
@@ -155,6 +178,9 @@ pub struct TimerValues {
     pub t2: Duration,
     pub t4: Duration,
 }
+
+/// RFC 3261 table 4: Timer D is at least 32 s over UDP, whatever T1 is.
+const TIMER_D: Duration = Duration::from_secs(32);
 
 impl TimerValues {
     fn timeout_64t1(&self) -> Duration {
@@ -289,6 +315,110 @@ impl TransactionLayer {
         id
     }
 
+    /// Starts an INVITE client transaction and sends `request` (Timers A/B).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_invite_client(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        transport: Transport,
+        destination: SocketAddr,
+        request: Vec<u8>,
+        call: Option<CallHandle>,
+        out: &mut VecDeque<Transmit>,
+    ) -> TxId {
+        let id = self.create_client(
+            now,
+            key,
+            Method::Invite,
+            transport,
+            destination,
+            request,
+            call,
+            out,
+        );
+        if let Some(tx) = self.txs.get_mut(&id) {
+            tx.kind = TxKind::InviteClient;
+        }
+        id
+    }
+
+    /// A response for an INVITE client transaction. Retransmitted non-2xx finals get the
+    /// stored ACK again (RFC 3261 17.1.1.2).
+    pub fn invite_client_response(
+        &mut self,
+        id: TxId,
+        now: Instant,
+        status: u16,
+        out: &mut VecDeque<Transmit>,
+    ) -> InviteResponse {
+        let t = self.timers;
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return InviteResponse::Absorbed;
+        };
+        if tx.kind != TxKind::InviteClient {
+            return InviteResponse::Absorbed;
+        }
+        match (tx.state, status) {
+            (TxState::Trying | TxState::Proceeding, 100..=199) => {
+                tx.state = TxState::Proceeding;
+                // No retransmissions and no Timer B once the far end is proceeding.
+                self.disarm(id, TimerKind::Retransmit);
+                self.disarm(id, TimerKind::Timeout);
+                InviteResponse::Provisional
+            }
+            (TxState::Trying | TxState::Proceeding, 200..=299) => {
+                tx.state = TxState::Accepted;
+                tx.last_status = status;
+                self.disarm(id, TimerKind::Retransmit);
+                self.arm(id, TimerKind::Timeout, now + t.timeout_64t1());
+                InviteResponse::Success
+            }
+            (TxState::Accepted, 200..=299) => InviteResponse::Success,
+            (TxState::Trying | TxState::Proceeding, 300..) => {
+                tx.state = TxState::Completed;
+                tx.last_status = status;
+                tx.last = None;
+                self.disarm(id, TimerKind::Retransmit);
+                self.disarm(id, TimerKind::Timeout);
+                InviteResponse::Failure
+            }
+            (TxState::Completed, 300..) => {
+                if let Some(ack) = &tx.last {
+                    out.push_back(Transmit {
+                        transport: tx.transport,
+                        destination: tx.destination,
+                        payload: ack.clone(),
+                    });
+                }
+                InviteResponse::Absorbed
+            }
+            _ => InviteResponse::Absorbed,
+        }
+    }
+
+    /// Sends the ACK for a non-2xx final of an INVITE client transaction, keeps it for
+    /// retransmitted finals and lingers for Timer D (UDP only).
+    pub fn send_ack(&mut self, id: TxId, now: Instant, ack: Vec<u8>, out: &mut VecDeque<Transmit>) {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
+        if tx.kind != TxKind::InviteClient || tx.state != TxState::Completed {
+            return;
+        }
+        out.push_back(Transmit {
+            transport: tx.transport,
+            destination: tx.destination,
+            payload: ack.clone(),
+        });
+        tx.last = Some(ack);
+        if tx.transport == Transport::Udp {
+            self.arm(id, TimerKind::Linger, now + TIMER_D);
+        } else {
+            self.remove(id);
+        }
+    }
+
     /// Sends a response on a server transaction and moves it on. Returns false (and sends
     /// nothing) when the transaction already sent a final response.
     pub fn respond(
@@ -350,7 +480,8 @@ impl TransactionLayer {
             return;
         };
         // After the ACK for our 2xx, retransmitted INVITEs are absorbed (RFC 6026 7.1).
-        if tx.state == TxState::Confirmed || tx.kind == TxKind::NonInviteClient || tx.acked {
+        let client = matches!(tx.kind, TxKind::NonInviteClient | TxKind::InviteClient);
+        if tx.state == TxState::Confirmed || client || tx.acked {
             return;
         }
         if let Some(last) = &tx.last {
@@ -412,6 +543,7 @@ impl TransactionLayer {
         tx.state = TxState::Completed;
         tx.last_status = status;
         let event = TxEvent::ClientFinal {
+            tx: id,
             call: tx.call,
             method: tx.method.clone(),
             status,
@@ -468,7 +600,8 @@ impl TransactionLayer {
                 TxKind::NonInviteClient,
                 TxState::Trying | TxState::Proceeding,
                 TimerKind::Retransmit,
-            ) => {
+            )
+            | (TxKind::InviteClient, TxState::Trying, TimerKind::Retransmit) => {
                 if let Some(last) = &tx.last {
                     out.push_back(Transmit {
                         transport: tx.transport,
@@ -477,7 +610,10 @@ impl TransactionLayer {
                     });
                 }
                 // Timer G / 2xx / E: double up to T2; E stays at T2 once Proceeding.
-                tx.interval = if tx.state == TxState::Proceeding {
+                // Timer A doubles without the T2 cap (RFC 3261 17.1.1.2).
+                tx.interval = if tx.kind == TxKind::InviteClient {
+                    tx.interval.saturating_mul(2)
+                } else if tx.state == TxState::Proceeding {
                     t.t2
                 } else {
                     tx.interval.saturating_mul(2).min(t.t2)
@@ -498,10 +634,20 @@ impl TransactionLayer {
                 TxKind::NonInviteClient,
                 TxState::Trying | TxState::Proceeding,
                 TimerKind::Timeout,
-            ) => {
+            )
+            | (TxKind::InviteClient, TxState::Trying, TimerKind::Timeout) => {
                 let event = TxEvent::ClientTimeout {
+                    tx: id,
                     call: tx.call,
                     method: tx.method.clone(),
+                };
+                self.remove(id);
+                Some(event)
+            }
+            (TxKind::InviteClient, TxState::Accepted, TimerKind::Timeout) => {
+                let event = TxEvent::InviteClientEnded {
+                    tx: id,
+                    call: tx.call,
                 };
                 self.remove(id);
                 Some(event)
@@ -755,10 +901,148 @@ mod tests {
         assert_eq!(
             evs,
             vec![TxEvent::ClientTimeout {
+                tx: id,
                 call: None,
                 method: Method::Bye
             }]
         );
         assert!(layer.get(id).is_none());
+    }
+
+    fn invite_client(
+        layer: &mut TransactionLayer,
+        transport: Transport,
+        out: &mut VecDeque<Transmit>,
+        t0: Instant,
+    ) -> TxId {
+        let key = TxKey::Client {
+            branch: "z9hG4bKi".into(),
+            method: "INVITE".into(),
+        };
+        layer.create_invite_client(
+            t0,
+            key,
+            transport,
+            "10.0.0.2:5060".parse().unwrap(),
+            b"INVITE".to_vec(),
+            Some(CallHandle(7)),
+            out,
+        )
+    }
+
+    #[test]
+    fn invite_client_timer_a_doubles_without_cap_until_b() {
+        let mut layer = TransactionLayer::new(timers());
+        let mut out = VecDeque::new();
+        let t0 = Instant::now();
+        let id = invite_client(&mut layer, Transport::Udp, &mut out, t0);
+        let mut sends = vec![Duration::ZERO];
+        let mut evs = Vec::new();
+        while let Some(at) = layer.next_deadline() {
+            let before = out.len();
+            evs.extend(layer.handle_timeout(at, &mut out));
+            if out.len() > before {
+                sends.push(at - t0);
+            }
+        }
+        let ms = Duration::from_millis;
+        assert_eq!(
+            sends,
+            vec![
+                ms(0),
+                ms(500),
+                ms(1500),
+                ms(3500),
+                ms(7500),
+                ms(15_500),
+                ms(31_500)
+            ]
+        );
+        assert_eq!(
+            evs,
+            vec![TxEvent::ClientTimeout {
+                tx: id,
+                call: Some(CallHandle(7)),
+                method: Method::Invite
+            }]
+        );
+        assert!(layer.is_empty());
+    }
+
+    #[test]
+    fn invite_client_non_2xx_acked_once_then_timer_d() {
+        let mut layer = TransactionLayer::new(timers());
+        let mut out = VecDeque::new();
+        let t0 = Instant::now();
+        let id = invite_client(&mut layer, Transport::Udp, &mut out, t0);
+        out.clear();
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(
+            layer.invite_client_response(id, t1, 180, &mut out),
+            InviteResponse::Provisional
+        );
+        assert_eq!(layer.next_deadline(), None, "no Timer A/B once Proceeding");
+        assert_eq!(
+            layer.invite_client_response(id, t1, 486, &mut out),
+            InviteResponse::Failure
+        );
+        layer.send_ack(id, t1, b"ACK".to_vec(), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            layer.invite_client_response(id, t1, 486, &mut out),
+            InviteResponse::Absorbed
+        );
+        assert_eq!(out.len(), 2, "retransmitted final gets the ACK again");
+        assert_eq!(out[1].payload, b"ACK");
+        assert_eq!(
+            layer.invite_client_response(id, t1, 180, &mut out),
+            InviteResponse::Absorbed
+        );
+        assert_eq!(layer.next_deadline(), Some(t1 + Duration::from_secs(32)));
+        layer.handle_timeout(t1 + Duration::from_secs(32), &mut out);
+        assert!(layer.is_empty());
+
+        // Over TCP there is no Timer D.
+        let id = invite_client(&mut layer, Transport::Tcp, &mut out, t0);
+        assert_eq!(
+            layer.next_deadline(),
+            Some(t0 + Duration::from_secs(32)),
+            "only B"
+        );
+        layer.invite_client_response(id, t0, 603, &mut out);
+        layer.send_ack(id, t0, b"ACK".to_vec(), &mut out);
+        assert!(layer.is_empty());
+    }
+
+    #[test]
+    fn invite_client_accepted_passes_2xx_until_timer_m() {
+        let mut layer = TransactionLayer::new(timers());
+        let mut out = VecDeque::new();
+        let t0 = Instant::now();
+        let id = invite_client(&mut layer, Transport::Udp, &mut out, t0);
+        assert_eq!(
+            layer.invite_client_response(id, t0, 200, &mut out),
+            InviteResponse::Success
+        );
+        assert_eq!(
+            layer.invite_client_response(id, t0, 200, &mut out),
+            InviteResponse::Success,
+            "retransmitted or forked 2xx still reaches the TU"
+        );
+        assert_eq!(
+            layer.invite_client_response(id, t0, 486, &mut out),
+            InviteResponse::Absorbed
+        );
+        assert_eq!(layer.next_deadline(), Some(t0 + Duration::from_secs(32)));
+        let evs = layer.handle_timeout(t0 + Duration::from_secs(32), &mut out);
+        assert_eq!(
+            evs,
+            vec![TxEvent::InviteClientEnded {
+                tx: id,
+                call: Some(CallHandle(7))
+            }]
+        );
+        assert!(layer.is_empty());
+        assert_eq!(out.len(), 1, "only the INVITE was sent");
     }
 }

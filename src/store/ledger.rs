@@ -522,6 +522,9 @@ const CONTACT_BY_CUSTOMER: &str = "SELECT id, campaign_id, customer_id, phone, t
      FROM contacts WHERE campaign_id = $1 AND customer_id = $2";
 const SET_CONTACT_STATE: &str =
     "UPDATE contacts SET state = $2, next_attempt_at_ms = $3 WHERE id = $1";
+const MOVE_CONTACT_FROM: &str =
+    "UPDATE contacts SET state = $2, next_attempt_at_ms = $3 WHERE id = $1 AND state = $4 \
+     AND attempts = $5";
 
 const INSERT_CUSTOMER_LOCK: &str =
     "INSERT INTO customer_locks (customer_id) VALUES ($1) ON CONFLICT (customer_id) DO NOTHING";
@@ -566,8 +569,16 @@ const END_ATTEMPT: &str = "UPDATE attempts SET ended_at_ms = $2, \
      WHERE id = $1 AND ended_at_ms IS NULL RETURNING claim_id, campaign_id, customer_id";
 const RESOLVE_ATTEMPT_CLAIM: &str = "UPDATE contact_ledger SET state = $2, reach = $3, \
      resolved_at_ms = $4 WHERE id = $1 AND state = 'pending'";
-const SET_LAST_OUTCOME: &str =
-    "UPDATE contacts SET last_outcome = $3 WHERE campaign_id = $1 AND customer_id = $2";
+/// The contact goes back to `pending`, due at the call's end: the planner decides again (retry,
+/// done, skipped) from the ledger, with the same rules as every other decision.
+const SET_LAST_OUTCOME: &str = "UPDATE contacts SET last_outcome = $3, \
+     state = CASE WHEN state = 'dialling' THEN 'pending' ELSE state END, \
+     next_attempt_at_ms = CASE WHEN state = 'dialling' THEN $4 ELSE next_attempt_at_ms END \
+     WHERE campaign_id = $1 AND customer_id = $2";
+const ATTEMPT_ANSWERED: &str = "UPDATE attempts SET answered_at_ms = $2 \
+     WHERE id = $1 AND ended_at_ms IS NULL AND answered_at_ms IS NULL";
+const CONTACT_ATTEMPTS: &str = "SELECT started_at_ms, outcome FROM attempts \
+     WHERE campaign_id = $1 AND customer_id = $2 AND outcome IS NOT NULL ORDER BY started_at_ms, id";
 const REPORT_ATTEMPTS: &str = "SELECT id, campaign_id, customer_id, phone, node, claim_id, \
      started_at_ms, answered_at_ms, ended_at_ms, call_id, outcome, sip_status, amd_decision, \
      amd_confidence, counted_as_contact FROM attempts WHERE campaign_id = $1 \
@@ -933,6 +944,29 @@ impl Store {
         .map_err(self.query_err("set_contact_state"))
     }
 
+    /// Moves a contact only if it is still as the planner read it: in state `from` with
+    /// `attempts` attempts. Another node may have called it meanwhile (even a call already
+    /// over): that call's end decides, not this stale decision. `false`: nothing changed.
+    pub async fn move_contact_from(
+        &self,
+        contact_id: i64,
+        from: ContactState,
+        attempts: i64,
+        to: ContactState,
+        next_attempt_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        with_pool!(self, pool => sqlx::query(MOVE_CONTACT_FROM)
+            .bind(contact_id)
+            .bind(to.as_str())
+            .bind(next_attempt_at_ms)
+            .bind(from.as_str())
+            .bind(attempts)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() > 0))
+        .map_err(self.query_err("move_contact_from"))
+    }
+
     fn contact_row(&self, op: &'static str, r: ContactRecord) -> Result<Contact, StoreError> {
         let state = ContactState::parse(&r.state).ok_or_else(|| {
             self.ledger_corrupt(op, r.id, "state", format!("unknown state {:?}", r.state))
@@ -1209,6 +1243,7 @@ impl Store {
                 .bind(campaign_id)
                 .bind(customer_id)
                 .bind(end.outcome.as_str())
+                .bind(end.ended_at_ms)
                 .execute(&mut *tx)
                 .await?;
             true
@@ -1226,6 +1261,36 @@ impl Store {
             .fetch_all(pool)
             .await)
         .map_err(self.query_err("attempts_for_report"))
+    }
+
+    /// Notes the answer of a call in progress, so a crash mid-call still shows it was answered.
+    /// `false`: no open, unanswered attempt with this id.
+    pub async fn record_attempt_answered(
+        &self,
+        attempt_id: i64,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        with_pool!(self, pool => sqlx::query(ATTEMPT_ANSWERED)
+            .bind(attempt_id)
+            .bind(at_ms)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() > 0))
+        .map_err(self.query_err("record_attempt_answered"))
+    }
+
+    /// The ended attempts of one customer in one campaign, oldest first: (started at, outcome).
+    pub async fn contact_attempts(
+        &self,
+        campaign_id: &str,
+        customer_id: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        with_pool!(self, pool => sqlx::query_as::<_, (i64, String)>(CONTACT_ATTEMPTS)
+            .bind(campaign_id)
+            .bind(customer_id)
+            .fetch_all(pool)
+            .await)
+        .map_err(self.query_err("contact_attempts"))
     }
 
     /// Contacts by state and attempts by outcome, for `campaign status`.
@@ -1973,6 +2038,54 @@ mod tests {
             .set_contact_state(-1, ContactState::Done, 0)
             .await
             .expect("missing"));
+        // A decision made on a stale read does not apply: the state or the attempt count moved.
+        let third = due.get(2).expect("third");
+        assert!(!store
+            .move_contact_from(
+                third.id,
+                ContactState::Dialling,
+                0,
+                ContactState::Skipped,
+                T0
+            )
+            .await
+            .expect("cas state"));
+        assert!(!store
+            .move_contact_from(
+                third.id,
+                ContactState::Pending,
+                1,
+                ContactState::Skipped,
+                T0
+            )
+            .await
+            .expect("cas attempts"));
+        assert!(store
+            .move_contact_from(
+                third.id,
+                ContactState::Pending,
+                0,
+                ContactState::Pending,
+                T0 + WEEK
+            )
+            .await
+            .expect("cas"));
+        assert_eq!(
+            contact_of(&store, "imp", &third.customer_id)
+                .await
+                .next_attempt_at_ms,
+            T0 + WEEK
+        );
+        assert!(store
+            .move_contact_from(
+                third.id,
+                ContactState::Pending,
+                0,
+                ContactState::Pending,
+                third.next_attempt_at_ms
+            )
+            .await
+            .expect("restore"));
         let due = store.due_contacts("imp", T0, 1).await.expect("due");
         assert_eq!(
             due.first().map(|c| c.customer_id.as_str()),
@@ -2298,8 +2411,8 @@ mod tests {
             .expect("import");
         let weekly = rule(1, WEEK);
 
-        // node-a: c1 in a call, c2 claimed but not yet dialled, c4's call ended but the
-        // contact was not moved on; node-b: c3 in a call.
+        // node-a: c1 in a call, c2 claimed but not yet dialled, c4's call ended (its end put
+        // the contact back to pending for the planner); node-b: c3 in a call.
         let claim1 = claimed(&store, "c1", "crash", T0, weekly).await;
         let a1 = start(&store, claim1, &attempt_start("node-a", "call-1", T0)).await;
         let claim2 = claimed(&store, "c2", "crash", T0, weekly).await;
@@ -2336,7 +2449,7 @@ mod tests {
                 attempts_closed: 1,
                 claims_counted: 1,
                 claims_released: 1,
-                contacts_requeued: 2,
+                contacts_requeued: 1,
             }
         );
 
@@ -2378,8 +2491,12 @@ mod tests {
         claimed(&store, "c2", "crash", restart + 1, weekly).await;
         let c4 = contact_of(&store, "crash", "c4").await;
         assert_eq!(
-            (c4.state, c4.last_outcome.as_deref()),
-            (ContactState::Pending, Some("answered_person"))
+            (c4.state, c4.next_attempt_at_ms, c4.last_outcome.as_deref()),
+            (
+                ContactState::Pending,
+                T0 + 20 * SECOND,
+                Some("answered_person")
+            )
         );
         // node-b's call is untouched and ends normally.
         let c3 = contact_of(&store, "crash", "c3").await;
@@ -2409,14 +2526,8 @@ mod tests {
             .close_interrupted_attempts("node-b", restart + SECOND)
             .await
             .expect("recover");
-        assert_eq!(
-            node_b,
-            InterruptedSummary {
-                // c3: its call ended and nobody moved the contact on.
-                contacts_requeued: 1,
-                ..InterruptedSummary::default()
-            }
-        );
+        // c3's call ended normally, and its end already gave the contact back to the planner.
+        assert_eq!(node_b, InterruptedSummary::default());
         let c3 = contact_of(&store, "crash", "c3").await;
         assert_eq!(
             (c3.state, c3.next_attempt_at_ms),
