@@ -30,6 +30,9 @@ use crate::store::{Store, StoreError};
 use super::call::CallContext;
 use super::transport::SipCommand;
 
+/// Due contacts read per planning pass.
+const PLAN_BATCH: i64 = 500;
+
 /// A trunk's shared pacing: calls per second and calls up at once, across all campaigns.
 struct TrunkState {
     trunk: Arc<Trunk>,
@@ -367,13 +370,15 @@ impl Dialer {
             return Ok(true);
         }
         let now = Utc::now();
-        let limit = i64::from(free(plan)).saturating_mul(4).clamp(16, 500);
+        // Most due contacts are usually decided without a call (window, fatigue, retries):
+        // read a good batch, dial only as many as the free slots allow.
+        let limit = PLAN_BATCH;
         let due = self.store.due_contacts(id, ms(now), limit).await?;
         if due.is_empty() {
             self.maybe_complete(plan).await?;
             return Ok(true);
         }
-        let mut started = 0u32;
+        let mut handled = 0u32;
         for contact in due {
             if free(plan) == 0 || *status.borrow() != CampaignStatus::Running {
                 break;
@@ -381,12 +386,11 @@ impl Dialer {
             if trunk.in_backoff(Instant::now()) {
                 break;
             }
-            if self.consider(plan, contact).await? {
-                started += 1;
-            }
+            self.consider(plan, contact).await?;
+            handled += 1;
         }
-        // Nothing started: every due contact moved to later or out; wait for the next poll.
-        Ok(started == 0)
+        // Something was decided: more may be due at once; otherwise wait for a slot or a poll.
+        Ok(handled == 0)
     }
 
     /// Marks the campaign completed when no contact is left to call.
