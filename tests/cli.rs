@@ -38,7 +38,7 @@ fn broken_dialplan_is_reported_with_file_line_column() {
     let dir = tempfile::tempdir().unwrap();
     let demo = std::fs::read_to_string(repo().join("dialplans/demo-bank.toml")).unwrap();
     let broken = demo
-        .replace("3 = { goto = \"credit\" }", "3 = { goto = \"credti\" }")
+        .replace("3 = { goto = \"credit\"", "3 = { goto = \"credti\"")
         .replace(
             "prompt = \"credit-menu\"",
             "prompt = \"credit-menu-missing\"",

@@ -1,4 +1,5 @@
-//! Dialplan files (`dialplans/*.toml`): menus, their prompts and DTMF options.
+//! Dialplan files (`dialplans/*.toml`): menus, their prompts, DTMF options and the phrases
+//! that pick options by voice (plus voice-only FAQ answers and the `[speech]` settings).
 //!
 //! A dialplan is loaded once, validated completely and then shared (`Arc<Dialplan>`) by every
 //! call's [`CallFlow`](crate::ivr::flow::CallFlow). Validation reports every problem it finds in
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
+use crate::speech::intent::{IntentError, PhraseSet};
 use crate::tomlcheck::{Diagnostics, Item, Key, Span, ValueReader};
 
 /// No-input timeout when neither the menu nor `[defaults]` sets one.
@@ -38,6 +40,64 @@ const MAX_NAME_LEN: usize = 128;
 const MAX_FILE_BYTES: u64 = 4 << 20;
 /// The word that means "end the call" wherever a menu name is expected (`then`, `next`).
 pub const HANGUP: &str = "hangup";
+/// Languages phrases and texts can be written in (codes as in `[speech] language`).
+/// Korean is here because the only Vosk model the package registries carry is Korean: the
+/// speech tests run a Korean menu with it.
+pub const LANGUAGES: &[&str] = &["en", "zh", "ko"];
+/// The call language when `[speech] language` is not set.
+pub const DEFAULT_LANGUAGE: &str = "en";
+/// A match scoring at or above this is taken without asking.
+pub const DEFAULT_CONFIDENCE: f32 = 0.6;
+/// A match scoring below this counts as no match; between it and the confidence, the caller
+/// is asked to confirm.
+pub const DEFAULT_REJECT_BELOW: f32 = 0.3;
+/// Trailing silence that ends an utterance, when `[speech] end_silence_ms` is not set.
+pub const DEFAULT_END_SILENCE: Duration = Duration::from_millis(600);
+/// Accepted `end_silence_ms` range.
+pub const END_SILENCE_MS_RANGE: (i64, i64) = (200, 3000);
+/// The confirmation question (rendered by TTS) when `[speech] confirm_text` is not set.
+pub const DEFAULT_CONFIRM_TEXT: &str = "Did you say {label}?";
+/// The placeholder in `confirm_text` replaced by the option's label.
+pub const LABEL_PLACEHOLDER: &str = "{label}";
+/// Longest phrase (characters): a phrase is a few words a caller says, not a sentence.
+const MAX_PHRASE_CHARS: usize = 100;
+/// Longest text rendered by TTS (`answer_text`, `confirm_text`, labels).
+const MAX_TEXT_CHARS: usize = 1000;
+/// Answer `then` values.
+const ANSWER_THEN: &[&str] = &["menu", "anything-else"];
+/// Built-in confirmation replies per language; `[speech] yes` / `no` replace them.
+const BUILTIN_YES: &[(&str, &[&str])] = &[
+    (
+        "en",
+        &[
+            "yes",
+            "yeah",
+            "yep",
+            "yes please",
+            "correct",
+            "that's right",
+            "right",
+            "sure",
+        ],
+    ),
+    ("zh", &["是", "是的", "对", "对的", "没错", "正确"]),
+    ("ko", &["네", "예", "맞아요", "응"]),
+];
+const BUILTIN_NO: &[(&str, &[&str])] = &[
+    (
+        "en",
+        &[
+            "no",
+            "nope",
+            "no thanks",
+            "wrong",
+            "that's wrong",
+            "not right",
+        ],
+    ),
+    ("zh", &["不是", "不对", "不", "错了"]),
+    ("ko", &["아니요", "아니", "아니에요"]),
+];
 
 /// Answers whether a prompt exists (a WAV file under `voice-prompts/`, named without `.wav`).
 pub trait PromptCatalog {
@@ -161,12 +221,144 @@ pub enum Action {
     OptOut { prompts: Vec<String>, then: Next },
 }
 
-/// One DTMF option of a menu. A table in the file, so later issues can add speech phrases.
+/// Phrases by language code (`"en"` → `["lost card", "stolen card"]`), as written.
+pub type Phrases = BTreeMap<String, Vec<String>>;
+
+/// A text in one or more languages, keyed by language code.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalText(pub BTreeMap<String, String>);
+
+impl LocalText {
+    /// The text in `language`, else in `fallback` (the dialplan's language).
+    pub fn get(&self, language: &str, fallback: &str) -> Option<&str> {
+        self.0
+            .get(language)
+            .or_else(|| self.0.get(fallback))
+            .map(String::as_str)
+    }
+}
+
+/// Something said to the caller: recorded prompts, or a text rendered by TTS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spoken {
+    Prompts(Vec<String>),
+    Text(LocalText),
+}
+
+/// Where the call goes after an FAQ answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerThen {
+    /// The menu again (its prompt plays).
+    Menu,
+    /// The menu's `anything_else` prompt, then input in the same menu.
+    AnythingElse,
+}
+
+/// A voice-only option: phrases that ask a question, and its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub phrases: Phrases,
+    /// What confirmations and call records call it; default: its first phrase.
+    pub label: Option<LocalText>,
+    pub reply: Spoken,
+    pub then: AnswerThen,
+}
+
+impl Answer {
+    /// The answer's name in `language` (see [`voice_label`]).
+    pub fn label(&self, language: &str, fallback: &str) -> Option<String> {
+        voice_label(self.label.as_ref(), &self.phrases, language, fallback)
+    }
+}
+
+/// One option of a menu: a DTMF key, its action and the phrases that choose it by voice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MenuOption {
     /// Normalised key: digits `0-9`, `*`, `#`, `A-D` (upper case).
     pub key: String,
     pub action: Action,
+    /// Phrases that choose this option by voice (empty: keys only).
+    pub phrases: Phrases,
+    /// What confirmations and call records call it; default: its first phrase.
+    pub label: Option<LocalText>,
+}
+
+impl MenuOption {
+    /// The option's name in `language` (see [`voice_label`]).
+    pub fn label(&self, language: &str, fallback: &str) -> Option<String> {
+        voice_label(self.label.as_ref(), &self.phrases, language, fallback)
+    }
+}
+
+/// An option's name for the caller: its label in `language`, else its first phrase in
+/// `language`, else the same two in `fallback`.
+pub fn voice_label(
+    label: Option<&LocalText>,
+    phrases: &Phrases,
+    language: &str,
+    fallback: &str,
+) -> Option<String> {
+    let in_lang = |lang: &str| {
+        label
+            .and_then(|l| l.0.get(lang))
+            .or_else(|| phrases.get(lang).and_then(|p| p.first()))
+    };
+    in_lang(language).or_else(|| in_lang(fallback)).cloned()
+}
+
+/// The `[speech]` settings, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeechSettings {
+    /// The call language (a code from [`LANGUAGES`]); plain phrase lists and texts are in it.
+    pub language: String,
+    /// Matches scoring at or above this are taken at once.
+    pub confidence: f32,
+    /// Matches scoring below this are no match; between the two the caller confirms.
+    pub reject_below: f32,
+    /// The confirmation question; [`LABEL_PLACEHOLDER`] is replaced by the option's label.
+    pub confirm_text: LocalText,
+    /// Replies that confirm, by language (built-in lists unless the dialplan sets them).
+    pub yes: Phrases,
+    /// Replies that deny, by language.
+    pub no: Phrases,
+    /// Trailing silence that ends an utterance (for the shell's endpointer).
+    pub end_silence: Duration,
+    /// Silence allowed after a prompt in menus that listen; `None`: the menu's
+    /// `no_input_timeout`.
+    pub no_input_timeout: Option<Duration>,
+    /// Whether the opening menus (the entry menu and the first menu with options it leads
+    /// to) understand the phrases of every menu.
+    pub say_anything: bool,
+}
+
+impl Default for SpeechSettings {
+    fn default() -> Self {
+        let builtin = |table: &[(&str, &[&str])]| -> Phrases {
+            table
+                .iter()
+                .map(|(lang, words)| {
+                    (
+                        lang.to_string(),
+                        words.iter().map(|w| w.to_string()).collect(),
+                    )
+                })
+                .collect()
+        };
+        SpeechSettings {
+            language: DEFAULT_LANGUAGE.to_string(),
+            confidence: DEFAULT_CONFIDENCE,
+            reject_below: DEFAULT_REJECT_BELOW,
+            confirm_text: LocalText(BTreeMap::from([(
+                DEFAULT_LANGUAGE.to_string(),
+                DEFAULT_CONFIRM_TEXT.to_string(),
+            )])),
+            yes: builtin(BUILTIN_YES),
+            no: builtin(BUILTIN_NO),
+            end_silence: DEFAULT_END_SILENCE,
+            no_input_timeout: None,
+            say_anything: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +393,10 @@ pub struct Menu {
     /// Failed attempts after which `final_action` runs.
     pub max_attempts: u32,
     pub final_action: Action,
+    /// Voice-only options (FAQ answers), in file order.
+    pub answers: Vec<Answer>,
+    /// Played instead of the menu prompt after an answer with `then = "anything-else"`.
+    pub anything_else: Option<Spoken>,
 }
 
 /// How the digits collected so far relate to a menu's keys.
@@ -241,12 +437,14 @@ impl Menu {
 }
 
 /// A validated dialplan.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Dialplan {
     name: String,
     entry: String,
     menus: BTreeMap<String, Menu>,
     prompts: BTreeSet<String>,
+    speech: SpeechSettings,
+    speech_enabled: bool,
 }
 
 impl Dialplan {
@@ -322,6 +520,49 @@ impl Dialplan {
         &self.entry
     }
 
+    /// Every text the flow can ask TTS to say in `language` (FAQ answers, "anything else?",
+    /// "Did you say …?" for every option and answer): rendered once at start-up so no caller
+    /// waits for synthesis.
+    pub fn fixed_texts(&self, language: &str) -> Vec<String> {
+        let fallback = self.language();
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |t: &str| {
+            if !t.trim().is_empty() && !out.iter().any(|o| o == t) {
+                out.push(t.to_string());
+            }
+        };
+        let confirm = self
+            .speech()
+            .and_then(|s| s.confirm_text.get(language, fallback))
+            .unwrap_or(DEFAULT_CONFIRM_TEXT)
+            .to_string();
+        for menu in self.menus() {
+            if let Some(Spoken::Text(t)) = &menu.anything_else {
+                if let Some(t) = t.get(language, fallback) {
+                    add(t);
+                }
+            }
+            for answer in &menu.answers {
+                if let Spoken::Text(t) = &answer.reply {
+                    if let Some(t) = t.get(language, fallback) {
+                        add(t);
+                    }
+                }
+                if let Some(label) = answer.label(language, fallback) {
+                    add(&confirm.replace(LABEL_PLACEHOLDER, &label));
+                }
+            }
+            if let MenuKind::Choice { options } = &menu.kind {
+                for option in options.values() {
+                    if let Some(label) = option.label(language, fallback) {
+                        add(&confirm.replace(LABEL_PLACEHOLDER, &label));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn menu(&self, name: &str) -> Option<&Menu> {
         self.menus.get(name)
     }
@@ -337,6 +578,76 @@ impl Dialplan {
     /// Every prompt the dialplan refers to, each once, sorted.
     pub fn prompt_names(&self) -> impl Iterator<Item = &str> {
         self.prompts.iter().map(String::as_str)
+    }
+
+    /// The speech settings, or `None` when the dialplan is keys only (no phrases, or
+    /// `[speech] enabled = false`).
+    pub fn speech(&self) -> Option<&SpeechSettings> {
+        self.speech_enabled.then_some(&self.speech)
+    }
+
+    /// The dialplan's language (`[speech] language`), in which plain phrase lists are written.
+    pub fn language(&self) -> &str {
+        &self.speech.language
+    }
+
+    /// The menus a call starts in: the entry menu, then the play-only menus its `next` chain
+    /// passes, up to and including the first menu with options.
+    pub fn opening_menus(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let mut name = self.entry.as_str();
+        while let Some(menu) = self.menus.get(name) {
+            if out.contains(&name) {
+                break;
+            }
+            out.push(name);
+            match &menu.kind {
+                MenuKind::Announcement {
+                    next: Next::Menu(next),
+                } => name = next,
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Every menu, those reachable from the entry menu first in breadth-first order (nearest
+    /// first), then the unreachable ones by name.
+    pub fn menus_by_distance(&self) -> Vec<&str> {
+        let mut seen: Vec<&str> = Vec::new();
+        let mut queue = VecDeque::from([self.entry.as_str()]);
+        while let Some(name) = queue.pop_front() {
+            let Some((name, menu)) = self.menus.get_key_value(name) else {
+                continue;
+            };
+            if seen.contains(&name.as_str()) {
+                continue;
+            }
+            seen.push(name);
+            let mut targets = Vec::new();
+            match &menu.kind {
+                MenuKind::Announcement { next } => {
+                    if let Next::Menu(m) = next {
+                        targets.push(m.as_str());
+                    }
+                }
+                MenuKind::Choice { options } => {
+                    for option in options.values() {
+                        action_targets(&option.action, &mut targets);
+                    }
+                    action_targets(&menu.final_action, &mut targets);
+                }
+            }
+            queue.extend(targets);
+        }
+        let unreachable: Vec<&str> = self
+            .menus
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !seen.contains(name))
+            .collect();
+        seen.extend(unreachable);
+        seen
     }
 
     /// Every transfer target the dialplan refers to, each once, sorted.
@@ -358,7 +669,7 @@ impl Dialplan {
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-const TOP_FIELDS: &[&str] = &["name", "entry", "defaults", "menus"];
+const TOP_FIELDS: &[&str] = &["name", "entry", "speech", "defaults", "menus"];
 const SETTING_FIELDS: &[&str] = &[
     "barge_in",
     "no_input_timeout",
@@ -368,11 +679,31 @@ const SETTING_FIELDS: &[&str] = &[
     "no_match_prompt",
     "max_attempts",
     "final",
+    "anything_else_prompt",
+    "anything_else_text",
 ];
-const MENU_ONLY_FIELDS: &[&str] = &["prompt", "next", "options"];
+const MENU_ONLY_FIELDS: &[&str] = &["prompt", "next", "options", "answers"];
 const ACTION_VERBS: &[&str] = &["goto", "play", "transfer", "hangup", "opt_out"];
 const ACTION_FIELDS: &[&str] = &[
     "goto", "play", "transfer", "hangup", "opt_out", "then", "prompt",
+];
+/// Fields an option has beside its action.
+const VOICE_FIELDS: &[&str] = &["say", "label"];
+const OPTION_FIELDS: &[&str] = &[
+    "goto", "play", "transfer", "hangup", "opt_out", "then", "prompt", "say", "label",
+];
+const ANSWER_FIELDS: &[&str] = &["say", "answer", "answer_text", "then", "label"];
+const SPEECH_FIELDS: &[&str] = &[
+    "enabled",
+    "language",
+    "confidence",
+    "reject_below",
+    "confirm_text",
+    "yes",
+    "no",
+    "end_silence_ms",
+    "no_input_timeout",
+    "say_anything",
 ];
 
 /// Settings given in `[defaults]` or a menu; `None` where the table does not set them.
@@ -386,6 +717,7 @@ struct Settings {
     no_match_prompts: Option<Vec<String>>,
     max_attempts: Option<u32>,
     final_action: Option<Action>,
+    anything_else: Option<Spoken>,
     /// Where each setting was given, to point warnings at it.
     spans: Vec<(&'static str, Span)>,
 }
@@ -394,6 +726,20 @@ struct Settings {
 struct MenuRef {
     name: String,
     span: Span,
+}
+
+/// One phrase as written, with its language and position.
+struct SpannedPhrase {
+    language: String,
+    text: String,
+    span: Span,
+}
+
+/// The phrases of one option or answer, checked together per menu.
+struct VoiceEntry {
+    /// "option '2'" or "answer 3 ('opening hours')".
+    what: String,
+    phrases: Vec<SpannedPhrase>,
 }
 
 struct Checker<'a> {
@@ -405,6 +751,10 @@ struct Checker<'a> {
     menu_spans: HashMap<String, Span>,
     menu_refs: Vec<MenuRef>,
     prompt_refs: BTreeMap<String, Vec<Span>>,
+    /// The dialplan's language: plain phrase lists and texts are in it.
+    language: String,
+    /// Whether any option or answer has phrases.
+    any_phrase: bool,
 }
 
 impl ValueReader for Checker<'_> {
@@ -422,6 +772,8 @@ impl<'a> Checker<'a> {
             menu_spans: HashMap::new(),
             menu_refs: Vec::new(),
             prompt_refs: BTreeMap::new(),
+            language: DEFAULT_LANGUAGE.to_string(),
+            any_phrase: false,
         }
     }
 
@@ -570,6 +922,235 @@ impl<'a> Checker<'a> {
         name
     }
 
+    /// A number from 0 to 1 (a match score threshold).
+    fn fraction(&mut self, value: &Item<'_>, field: &str) -> Option<f32> {
+        let number = match value.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|v| v as f64),
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            _ => {
+                self.type_error(value, field, "a number from 0 to 1");
+                return None;
+            }
+        };
+        match number {
+            Some(n) if (0.0..=1.0).contains(&n) => Some(n as f32),
+            _ => {
+                self.error(
+                    value.span(),
+                    format!("'{field}' must be between 0 and 1 (a match score)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A language code from [`LANGUAGES`], with a suggestion when it is not one.
+    fn language_code(&mut self, code: &str, span: Span) -> Option<String> {
+        if LANGUAGES.contains(&code) {
+            return Some(code.to_string());
+        }
+        let hint = did_you_mean(code, LANGUAGES.iter().copied())
+            .map(|s| format!(" (did you mean '{s}'?)"))
+            .unwrap_or_default();
+        self.error(
+            span,
+            format!(
+                "unknown language '{}'{hint}: supported languages are {}",
+                printable(code),
+                LANGUAGES.join(", ")
+            ),
+        );
+        None
+    }
+
+    /// Phrases: one string, a list of strings (both in the dialplan's language) or a table
+    /// of them by language (`{ en = [...], zh = [...] }`). Returns the valid phrases, and
+    /// false when any problem was reported (the valid ones are still checked against the
+    /// menu's other phrases, so every problem shows in one pass).
+    fn say(&mut self, value: &Item<'_>, field: &str) -> (Vec<SpannedPhrase>, bool) {
+        let mut out = Vec::new();
+        let mut ok = true;
+        match value.get_ref() {
+            DeValue::Table(table) => {
+                if table.is_empty() {
+                    self.error(
+                        value.span(),
+                        format!(
+                            "'{field}' needs at least one language, e.g. {field} = {{ en = [\"...\"] }}"
+                        ),
+                    );
+                    return (out, false);
+                }
+                for (lang_key, list) in table.iter() {
+                    let language = self.language_code(lang_key.get_ref().as_ref(), lang_key.span());
+                    let (phrases, list_ok) = self.phrase_list(list, field);
+                    ok &= list_ok;
+                    match language {
+                        Some(language) => {
+                            out.extend(phrases.into_iter().map(|(text, span)| SpannedPhrase {
+                                language: language.clone(),
+                                text,
+                                span,
+                            }))
+                        }
+                        None => ok = false,
+                    }
+                }
+            }
+            _ => {
+                let language = self.language.clone();
+                let (phrases, list_ok) = self.phrase_list(value, field);
+                ok &= list_ok;
+                out.extend(phrases.into_iter().map(|(text, span)| SpannedPhrase {
+                    language: language.clone(),
+                    text,
+                    span,
+                }));
+            }
+        }
+        (out, ok)
+    }
+
+    /// One phrase or a non-empty list of them, each trimmed and of a sensible length: the
+    /// valid ones, and false when any problem was reported.
+    fn phrase_list(&mut self, value: &Item<'_>, field: &str) -> (Vec<(String, Span)>, bool) {
+        let items: Vec<&Item<'_>> = match value.get_ref() {
+            DeValue::String(_) => vec![value],
+            DeValue::Array(items) if !items.is_empty() => items.iter().collect(),
+            DeValue::Array(_) => {
+                self.error(value.span(), format!("'{field}' needs at least one phrase"));
+                return (Vec::new(), false);
+            }
+            _ => {
+                self.type_error(
+                    value,
+                    field,
+                    "a phrase, a list of phrases or a table of them by language",
+                );
+                return (Vec::new(), false);
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            let Some(text) = item.get_ref().as_str() else {
+                self.type_error(item, field, "a phrase (a string)");
+                ok = false;
+                continue;
+            };
+            let text = text.trim();
+            if text.is_empty() {
+                self.error(item.span(), format!("empty phrase in '{field}'"));
+                ok = false;
+            } else if text.chars().count() > MAX_PHRASE_CHARS {
+                self.error(
+                    item.span(),
+                    format!(
+                        "phrase '{}' is longer than {MAX_PHRASE_CHARS} characters: a phrase is the \
+                         few words a caller says",
+                        printable(text)
+                    ),
+                );
+                ok = false;
+            } else {
+                out.push((text.to_string(), item.span()));
+            }
+        }
+        (out, ok)
+    }
+
+    /// A text for TTS: a string in the dialplan's language, or a table of them by language.
+    fn local_text(&mut self, value: &Item<'_>, field: &str) -> Option<LocalText> {
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        match value.get_ref() {
+            DeValue::Table(table) if !table.is_empty() => {
+                for (lang_key, text) in table.iter() {
+                    let language = self.language_code(lang_key.get_ref().as_ref(), lang_key.span());
+                    let text = self.text(text, field);
+                    match (language, text) {
+                        (Some(language), Some(text)) => {
+                            out.insert(language, text);
+                        }
+                        _ => ok = false,
+                    }
+                }
+            }
+            DeValue::Table(_) => {
+                self.error(
+                    value.span(),
+                    format!("'{field}' needs a text in at least one language"),
+                );
+                return None;
+            }
+            _ => {
+                let text = self.text(value, field)?;
+                out.insert(self.language.clone(), text);
+            }
+        }
+        ok.then_some(LocalText(out))
+    }
+
+    /// One non-empty text of at most [`MAX_TEXT_CHARS`].
+    fn text(&mut self, value: &Item<'_>, field: &str) -> Option<String> {
+        let Some(text) = value.get_ref().as_str() else {
+            self.type_error(
+                value,
+                field,
+                "a text (a string) or a table of texts by language",
+            );
+            return None;
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            self.error(value.span(), format!("'{field}' is empty"));
+            return None;
+        }
+        if text.chars().count() > MAX_TEXT_CHARS {
+            self.error(
+                value.span(),
+                format!("'{field}' is longer than {MAX_TEXT_CHARS} characters"),
+            );
+            return None;
+        }
+        Some(text.to_string())
+    }
+
+    /// Checks `{...}` placeholders of a confirmation text: only `{label}` exists.
+    fn confirm_placeholders(&mut self, text: &LocalText, span: Span) {
+        for t in text.0.values() {
+            let mut rest = t.as_str();
+            while let Some(open) = rest.find('{') {
+                let after = rest.get(open + 1..).unwrap_or("");
+                let Some(close) = after.find('}') else { break };
+                let name = after.get(..close).unwrap_or("");
+                if name != "label" {
+                    self.error(
+                        span.clone(),
+                        format!(
+                            "unknown placeholder '{{{}}}' in 'confirm_text': only {LABEL_PLACEHOLDER} \
+                             (the option's label) is replaced",
+                            printable(name)
+                        ),
+                    );
+                }
+                rest = after.get(close + 1..).unwrap_or("");
+            }
+            if !t.contains(LABEL_PLACEHOLDER) {
+                self.diags.warning(
+                    span.clone(),
+                    format!(
+                        "'confirm_text' \"{}\" has no {LABEL_PLACEHOLDER}: callers will not hear \
+                         which option they are confirming",
+                        printable(t)
+                    ),
+                );
+            }
+        }
+    }
+
     // --- document structure -----------------------------------------------------------------
 
     fn document(&mut self, doc: &DeTable<'_>, default_name: String) -> Option<Dialplan> {
@@ -577,6 +1158,7 @@ impl<'a> Checker<'a> {
         let mut entry = None;
         let mut defaults_table = None;
         let mut menus_table = None;
+        let mut speech_table = None;
         for (key, value) in doc.iter() {
             match key.get_ref().as_ref() {
                 "name" => {
@@ -592,6 +1174,7 @@ impl<'a> Checker<'a> {
                         .map(|n| self.menu_ref(n, value.span()));
                 }
                 "defaults" => defaults_table = self.table(value, "defaults"),
+                "speech" => speech_table = self.table(value, "speech"),
                 "menus" => menus_table = Some(self.table(value, "menus")),
                 _ => self.unknown_field(key, TOP_FIELDS, "the dialplan"),
             }
@@ -622,6 +1205,11 @@ impl<'a> Checker<'a> {
             }
         }
 
+        // Before the menus: plain phrase lists are in the language set here.
+        let (speech, enabled) = match speech_table {
+            Some(table) => self.speech(table),
+            None => (SpeechSettings::default(), None),
+        };
         let defaults = defaults_table.map(|t| self.defaults(t)).unwrap_or_default();
         let mut menus = BTreeMap::new();
         let mut all_ok = true;
@@ -641,6 +1229,35 @@ impl<'a> Checker<'a> {
                 }
             }
         }
+        let speech_enabled = match enabled {
+            Some((true, span)) if !self.any_phrase => {
+                self.diags.warning(
+                    span,
+                    "speech is enabled but no option has phrases ('say'): calls use keys only"
+                        .to_string(),
+                );
+                true
+            }
+            Some((on, _)) => on,
+            None => self.any_phrase,
+        };
+        if !speech_enabled {
+            // A menu with answers but no keys would leave the caller nothing to do.
+            for menu in menus.values() {
+                if menu.options().next().is_none() && !menu.answers.is_empty() {
+                    let span = self.menu_spans.get(&menu.name).cloned().unwrap_or(0..0);
+                    self.error(
+                        span,
+                        format!(
+                            "menu '{}' has only answers and speech is off ([speech] enabled = \
+                             false): callers could not choose anything",
+                            printable(&menu.name)
+                        ),
+                    );
+                    all_ok = false;
+                }
+            }
+        }
         let prompts = self.prompt_refs.keys().cloned().collect();
         match (name, entry, all_ok) {
             (Some(name), Some(entry), true) if menus_table.is_some() => Some(Dialplan {
@@ -648,9 +1265,128 @@ impl<'a> Checker<'a> {
                 entry,
                 menus,
                 prompts,
+                speech,
+                speech_enabled,
             }),
             _ => None,
         }
+    }
+
+    /// The `[speech]` table; the `enabled` flag comes back separately (`None`: not given).
+    fn speech(&mut self, table: &DeTable<'_>) -> (SpeechSettings, Option<(bool, Span)>) {
+        let mut speech = SpeechSettings::default();
+        // The language first: plain phrase lists and texts below are written in it.
+        if let Some(value) = table.get("language") {
+            if let Some(code) = self.string(value, "language") {
+                if let Some(code) = self.language_code(&code, value.span()) {
+                    self.language = code.clone();
+                    speech.language = code;
+                }
+            }
+        }
+        let mut enabled = None;
+        let mut confidence_span = None;
+        let mut reject_span = None;
+        let mut confirm_text_given = false;
+        let mut replies = Vec::new();
+        for (key, value) in table.iter() {
+            let field = key.get_ref().as_ref();
+            match field {
+                "language" => {}
+                "enabled" => enabled = self.boolean(value, field).map(|b| (b, key.span())),
+                "confidence" => {
+                    if let Some(c) = self.fraction(value, field) {
+                        speech.confidence = c;
+                        confidence_span = Some(value.span());
+                    }
+                }
+                "reject_below" => {
+                    if let Some(r) = self.fraction(value, field) {
+                        speech.reject_below = r;
+                        reject_span = Some(value.span());
+                    }
+                }
+                "confirm_text" => {
+                    if let Some(text) = self.local_text(value, field) {
+                        self.confirm_placeholders(&text, value.span());
+                        speech.confirm_text = text;
+                        confirm_text_given = true;
+                    }
+                }
+                "yes" | "no" => {
+                    let (phrases, phrases_ok) = self.say(value, field);
+                    let by_lang = group_phrases(&phrases);
+                    replies.push(VoiceEntry {
+                        what: format!("'{field}'"),
+                        phrases,
+                    });
+                    if !phrases_ok {
+                        continue;
+                    }
+                    let target = if field == "yes" {
+                        &mut speech.yes
+                    } else {
+                        &mut speech.no
+                    };
+                    // A language given here replaces the built-in list for that language.
+                    target.extend(by_lang);
+                }
+                "end_silence_ms" => {
+                    let (min, max) = END_SILENCE_MS_RANGE;
+                    match value.get_ref() {
+                        DeValue::Integer(i) => {
+                            match i64::from_str_radix(i.as_str(), i.radix()) {
+                                Ok(ms) if (min..=max).contains(&ms) => {
+                                    speech.end_silence =
+                                        Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+                                }
+                                _ => self.error(
+                                    value.span(),
+                                    format!(
+                                        "'end_silence_ms' must be between {min} and {max} (milliseconds)"
+                                    ),
+                                ),
+                            }
+                        }
+                        _ => self.type_error(value, field, "a whole number of milliseconds"),
+                    }
+                }
+                "no_input_timeout" => {
+                    speech.no_input_timeout = self.seconds(value, field, NO_INPUT_TIMEOUT_RANGE)
+                }
+                "say_anything" => {
+                    if let Some(b) = self.boolean(value, field) {
+                        speech.say_anything = b;
+                    }
+                }
+                _ => self.unknown_field(key, SPEECH_FIELDS, "[speech]"),
+            }
+        }
+        self.check_phrases(&replies, "[speech]");
+        if speech.reject_below > speech.confidence {
+            let span = reject_span.or(confidence_span).unwrap_or(0..0);
+            self.error(
+                span,
+                format!(
+                    "thresholds out of order: 'reject_below' ({}) must not be above 'confidence' \
+                     ({}); matches between the two are confirmed, below 'reject_below' they are \
+                     no match",
+                    speech.reject_below, speech.confidence
+                ),
+            );
+        }
+        if !confirm_text_given && speech.language != DEFAULT_LANGUAGE {
+            // The built-in question is English; a dialplan in another language needs its own.
+            self.error(
+                table.get("language").map_or(0..0, |v| v.span()),
+                format!(
+                    "set 'confirm_text' for language '{}' (the built-in \"{DEFAULT_CONFIRM_TEXT}\" \
+                     is English)",
+                    speech.language
+                ),
+            );
+        }
+        (speech, enabled)
     }
 
     fn defaults(&mut self, table: &DeTable<'_>) -> Settings {
@@ -699,6 +1435,22 @@ impl<'a> Checker<'a> {
             "max_attempts" => settings.max_attempts = self.attempts(value, field),
             "final" => {
                 settings.final_action = self.action(value, &format!("'final' in {place}"), None)
+            }
+            "anything_else_prompt" | "anything_else_text" => {
+                if settings.anything_else.is_some() {
+                    self.error(
+                        span.clone(),
+                        format!(
+                            "{place} has both 'anything_else_prompt' and 'anything_else_text': \
+                             keep one"
+                        ),
+                    );
+                }
+                settings.anything_else = if field == "anything_else_prompt" {
+                    self.prompts(value, field).map(Spoken::Prompts)
+                } else {
+                    self.local_text(value, field).map(Spoken::Text)
+                };
             }
             _ => return false,
         }
@@ -758,6 +1510,7 @@ impl<'a> Checker<'a> {
         let mut prompt_present = false;
         let mut next = None;
         let mut options_item = None;
+        let mut answers_item = None;
         let mut ok = name_ok;
         for (field_key, field_value) in table.iter() {
             match field_key.get_ref().as_ref() {
@@ -771,6 +1524,7 @@ impl<'a> Checker<'a> {
                     ok &= next.is_some();
                 }
                 "options" => options_item = Some((field_key, field_value)),
+                "answers" => answers_item = Some((field_key, field_value)),
                 _ => {
                     if !self.setting(&mut settings, field_key, field_value, &place) {
                         let allowed: Vec<&str> = MENU_ONLY_FIELDS
@@ -804,7 +1558,33 @@ impl<'a> Checker<'a> {
             .or(defaults.inter_digit_timeout)
             .unwrap_or(DEFAULT_INTER_DIGIT_TIMEOUT);
 
+        let anything_else = settings
+            .anything_else
+            .clone()
+            .or_else(|| defaults.anything_else.clone());
+        let mut voice = Vec::new();
+        let answers = match answers_item {
+            Some((answers_key, _)) if table.contains_key("next") => {
+                self.error(
+                    answers_key.span(),
+                    format!(
+                        "menu '{}' has both 'next' and 'answers': answers need a menu that waits \
+                         for input (remove 'next')",
+                        printable(&name)
+                    ),
+                );
+                None
+            }
+            Some((_, answers_value)) => {
+                self.answers(&name, answers_value, anything_else.is_some(), &mut voice)
+            }
+            None => Some(Vec::new()),
+        };
+        ok &= answers.is_some();
+        let answers = answers.unwrap_or_default();
+
         let kind = match (next, options_item, table.contains_key("next")) {
+            (_, None, true) if answers_item.is_some() => None, // reported above
             (_, Some((options_key, _)), true) => {
                 self.error(
                     options_key.span(),
@@ -821,12 +1601,17 @@ impl<'a> Checker<'a> {
                 Some(MenuKind::Announcement { next })
             }
             (None, None, true) => None, // a bad 'next' was already reported
+            // A menu of answers only: voice questions, no keys.
+            (None, None, false) if answers_item.is_some() => Some(MenuKind::Choice {
+                options: BTreeMap::new(),
+            }),
             (None, None, false) => {
                 self.error(
                     key.span(),
                     format!(
                         "menu '{}' has neither 'options' nor 'next': add [menus.{}.options] \
-                         or next = \"<menu>\"",
+                         (or [[menus.{}.answers]]) or next = \"<menu>\"",
+                        printable(&name),
                         printable(&name),
                         printable(&name)
                     ),
@@ -834,9 +1619,16 @@ impl<'a> Checker<'a> {
                 None
             }
             (_, Some((_, options_value)), false) => self
-                .options(&name, options_value, terminator, inter_digit_timeout)
+                .options(
+                    &name,
+                    options_value,
+                    terminator,
+                    inter_digit_timeout,
+                    &mut voice,
+                )
                 .map(|options| MenuKind::Choice { options }),
         };
+        ok &= self.check_phrases(&voice, &place);
 
         let final_action = settings
             .final_action
@@ -868,6 +1660,8 @@ impl<'a> Checker<'a> {
                 .or(defaults.max_attempts)
                 .unwrap_or(DEFAULT_MAX_ATTEMPTS),
             final_action,
+            answers,
+            anything_else,
         };
         ok.then_some(menu)
     }
@@ -893,6 +1687,7 @@ impl<'a> Checker<'a> {
         value: &Item<'_>,
         terminator: Option<char>,
         inter_digit_timeout: Duration,
+        voice: &mut Vec<VoiceEntry>,
     ) -> Option<BTreeMap<String, MenuOption>> {
         let table = self.table(value, "options")?;
         if table.is_empty() {
@@ -909,6 +1704,7 @@ impl<'a> Checker<'a> {
             let raw = key.get_ref().as_ref();
             let place = format!("option '{}' of menu '{}'", printable(raw), printable(menu));
             let action = self.action(option_value, &place, Some(Next::Menu(menu.to_string())));
+            let (phrases, label) = self.option_voice(option_value, raw, voice);
             let normalized = match dtmf_key_problem(raw, terminator) {
                 Ok(k) => k,
                 Err(problem) => {
@@ -937,17 +1733,19 @@ impl<'a> Checker<'a> {
                 continue;
             }
             key_spans.insert(normalized.clone(), key.span());
-            match action {
-                Some(action) => {
+            match (action, phrases, label) {
+                (Some(action), Some(phrases), Some(label)) => {
                     options.insert(
                         normalized.clone(),
                         MenuOption {
                             key: normalized,
                             action,
+                            phrases,
+                            label,
                         },
                     );
                 }
-                None => ok = false,
+                _ => ok = false,
             }
         }
         if terminator.is_none() {
@@ -1017,8 +1815,24 @@ impl<'a> Checker<'a> {
                 then = Some((key, field_value));
             } else if field == "prompt" {
                 prompt = Some((key, field_value));
+            } else if VOICE_FIELDS.contains(&field) {
+                // Read by the option; a final action is chosen by no one.
+                if default_then.is_none() {
+                    self.error(
+                        key.span(),
+                        format!(
+                            "'{field}' does not apply to {place}: phrases belong to options and answers"
+                        ),
+                    );
+                    ok = false;
+                }
             } else {
-                self.unknown_field(key, ACTION_FIELDS, place);
+                let allowed = if default_then.is_some() {
+                    OPTION_FIELDS
+                } else {
+                    ACTION_FIELDS
+                };
+                self.unknown_field(key, allowed, place);
                 ok = false;
             }
         }
@@ -1112,6 +1926,263 @@ impl<'a> Checker<'a> {
             }
         };
         ok.then_some(action)
+    }
+
+    /// An option's `say` and `label`; `None` in either when it is invalid (reported).
+    fn option_voice(
+        &mut self,
+        value: &Item<'_>,
+        key: &str,
+        voice: &mut Vec<VoiceEntry>,
+    ) -> (Option<Phrases>, Option<Option<LocalText>>) {
+        let Some(table) = value.get_ref().as_table() else {
+            return (Some(Phrases::new()), Some(None)); // the action reports the shape
+        };
+        let mut phrases = Some(Phrases::new());
+        if let Some(say) = table.get("say") {
+            let (list, ok) = self.say(say, "say");
+            self.any_phrase = true;
+            let grouped = group_phrases(&list);
+            voice.push(VoiceEntry {
+                what: format!("option '{}'", printable(key)),
+                phrases: list,
+            });
+            phrases = ok.then_some(grouped);
+        }
+        let label = match table.get_key_value("label") {
+            Some((label_key, label)) => {
+                if !table.contains_key("say") {
+                    self.diags.warning(
+                        label_key.span(),
+                        format!(
+                            "'label' has no effect on option '{}' without 'say' phrases",
+                            printable(key)
+                        ),
+                    );
+                }
+                self.local_text(label, "label").map(Some)
+            }
+            None => Some(None),
+        };
+        (phrases, label)
+    }
+
+    /// `[[menus.<menu>.answers]]`: voice-only options that answer a question.
+    fn answers(
+        &mut self,
+        menu: &str,
+        value: &Item<'_>,
+        has_anything_else: bool,
+        voice: &mut Vec<VoiceEntry>,
+    ) -> Option<Vec<Answer>> {
+        let items = match value.get_ref() {
+            DeValue::Array(items) if !items.is_empty() => items,
+            DeValue::Array(_) => {
+                self.error(
+                    value.span(),
+                    format!("menu '{}' has an empty 'answers' list", printable(menu)),
+                );
+                return None;
+            }
+            _ => {
+                self.type_error(
+                    value,
+                    "answers",
+                    "a list of tables ([[menus.<menu>.answers]] blocks)",
+                );
+                return None;
+            }
+        };
+        let mut answers = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (index, item) in items.iter().enumerate() {
+            let number = index.saturating_add(1);
+            let Some(table) = item.get_ref().as_table() else {
+                self.type_error(item, "answers", "a list of tables");
+                ok = false;
+                continue;
+            };
+            let first_phrase = table
+                .get("say")
+                .and_then(|s| match s.get_ref() {
+                    DeValue::String(p) => Some(p.to_string()),
+                    DeValue::Array(a) => a
+                        .first()
+                        .and_then(|p| p.get_ref().as_str())
+                        .map(str::to_string),
+                    _ => None,
+                })
+                .map(|p| format!(" ('{}')", printable(&p)))
+                .unwrap_or_default();
+            let what = format!("answer {number}{first_phrase}");
+            let place = format!("{what} of menu '{}'", printable(menu));
+            let mut phrases = None;
+            let mut reply: Option<(Spoken, &str)> = None;
+            let mut reply_missing = true;
+            let mut then = Some(AnswerThen::Menu);
+            let mut label = Some(None);
+            for (key, field_value) in table.iter() {
+                let field = key.get_ref().as_ref();
+                match field {
+                    "say" => {
+                        let (list, say_ok) = self.say(field_value, "say");
+                        self.any_phrase = true;
+                        let grouped = group_phrases(&list);
+                        voice.push(VoiceEntry {
+                            what: what.clone(),
+                            phrases: list,
+                        });
+                        phrases = say_ok.then_some(grouped);
+                        ok &= say_ok;
+                    }
+                    "answer" | "answer_text" => {
+                        if let Some((_, first)) = reply {
+                            self.error(
+                                key.span(),
+                                format!(
+                                    "{place} has both '{first}' and '{field}': give one answer"
+                                ),
+                            );
+                            ok = false;
+                            continue;
+                        }
+                        reply_missing = false;
+                        let parsed = if field == "answer" {
+                            self.prompts(field_value, field).map(Spoken::Prompts)
+                        } else {
+                            self.local_text(field_value, field).map(Spoken::Text)
+                        };
+                        match parsed {
+                            Some(spoken) => {
+                                reply = Some((
+                                    spoken,
+                                    if field == "answer" {
+                                        "answer"
+                                    } else {
+                                        "answer_text"
+                                    },
+                                ))
+                            }
+                            None => ok = false,
+                        }
+                    }
+                    "then" => {
+                        then = self.answer_then(field_value, &place, has_anything_else);
+                        ok &= then.is_some();
+                    }
+                    "label" => {
+                        label = self.local_text(field_value, "label").map(Some);
+                        ok &= label.is_some();
+                    }
+                    _ => {
+                        self.unknown_field(key, ANSWER_FIELDS, &place);
+                        ok = false;
+                    }
+                }
+            }
+            if !table.contains_key("say") {
+                self.error(
+                    item.span(),
+                    format!("{place} has no 'say': the phrases callers ask for it with"),
+                );
+                ok = false;
+            }
+            if reply_missing {
+                self.error(
+                    item.span(),
+                    format!(
+                        "{place} has neither 'answer' (prompt name(s)) nor 'answer_text' \
+                         (a text read by TTS)"
+                    ),
+                );
+                ok = false;
+            }
+            if let (Some(phrases), Some((reply, _)), Some(then), Some(label)) =
+                (phrases, reply, then, label)
+            {
+                answers.push(Answer {
+                    phrases,
+                    label,
+                    reply,
+                    then,
+                });
+            }
+        }
+        ok.then_some(answers)
+    }
+
+    /// An answer's `then`: `"menu"` or `"anything-else"` (which needs the menu's prompt).
+    fn answer_then(
+        &mut self,
+        value: &Item<'_>,
+        place: &str,
+        has_anything_else: bool,
+    ) -> Option<AnswerThen> {
+        let then = self.string(value, "then")?;
+        match then.as_str() {
+            "menu" => Some(AnswerThen::Menu),
+            "anything-else" if has_anything_else => Some(AnswerThen::AnythingElse),
+            "anything-else" => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "{place} continues with \"anything-else\" but no anything_else_prompt or \
+                         anything_else_text is set (in [defaults] or this menu)"
+                    ),
+                );
+                None
+            }
+            other => {
+                let hint = did_you_mean(other, ANSWER_THEN.iter().copied())
+                    .map(|s| format!(" (did you mean '{s}'?)"))
+                    .unwrap_or_default();
+                self.error(
+                    value.span(),
+                    format!(
+                        "unknown 'then' '{}' in {place}{hint}: an answer continues with \
+                         \"menu\" (the menu prompt again) or \"anything-else\"",
+                        printable(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Every phrase of one menu, per language: none may be empty once punctuation is removed,
+    /// and none may select two options. False when any problem was reported.
+    fn check_phrases(&mut self, voice: &[VoiceEntry], place: &str) -> bool {
+        let mut sets: BTreeMap<&str, PhraseSet> = BTreeMap::new();
+        let mut ok = true;
+        // In file order, so a conflict is reported at the phrase written second.
+        let mut entries: Vec<&VoiceEntry> = voice.iter().collect();
+        entries.sort_by_key(|e| e.phrases.iter().map(|p| p.span.start).min());
+        for entry in entries {
+            for phrase in &entry.phrases {
+                let set = sets.entry(phrase.language.as_str()).or_default();
+                let message = match set.add(&entry.what, &phrase.text) {
+                    Ok(()) => continue,
+                    Err(IntentError::Conflict {
+                        phrase, existing, ..
+                    }) => format!(
+                        "phrase '{}' is given to both {existing} and {} in {place}: a caller \
+                         saying it could mean either",
+                        printable(&phrase),
+                        entry.what
+                    ),
+                    Err(IntentError::EmptyPhrase { .. } | IntentError::EmptyOption { .. }) => {
+                        format!(
+                            "phrase '{}' of {} in {place} has no words once punctuation is removed",
+                            printable(&phrase.text),
+                            entry.what
+                        )
+                    }
+                };
+                self.error(phrase.span.clone(), message);
+                ok = false;
+            }
+        }
+        ok
     }
 
     /// `hangup = true` / `opt_out = true`: `false` would be an option that does nothing.
@@ -1214,6 +2285,17 @@ impl<'a> Checker<'a> {
             );
         }
     }
+}
+
+/// Phrases by language, in file order.
+fn group_phrases(list: &[SpannedPhrase]) -> Phrases {
+    let mut out = Phrases::new();
+    for p in list {
+        out.entry(p.language.clone())
+            .or_default()
+            .push(p.text.clone());
+    }
+    out
 }
 
 /// Menus an action can lead to.
@@ -2228,6 +3310,30 @@ next = "main"
             }
         );
         assert!(!m.no_input_prompts.is_empty() && !m.no_match_prompts.is_empty());
+        // Every option of every menu also works by voice; the main menu answers questions.
+        let speech = plan.speech().expect("the demo listens");
+        assert_eq!(speech.language, "en");
+        assert!(speech.say_anything);
+        for menu in plan
+            .menus()
+            .filter(|m| matches!(m.kind, MenuKind::Choice { .. }))
+        {
+            for option in menu.options() {
+                let phrases = option.phrases.get("en").map_or(0, Vec::len);
+                assert!(
+                    phrases >= 3,
+                    "{} {} has {phrases} phrases",
+                    menu.name,
+                    option.key
+                );
+            }
+        }
+        assert!(m.answers.len() >= 20, "{} answers", m.answers.len());
+        assert!(m
+            .answers
+            .iter()
+            .all(|a| matches!(a.reply, Spoken::Text(_)) && a.then == AnswerThen::AnythingElse));
+        assert!(matches!(m.anything_else, Some(Spoken::Text(_))));
         // Every prompt file the dialplan uses is bundled, and no bundled demo prompt is unused.
         let used: BTreeSet<&str> = plan.prompt_names().collect();
         let bundled: BTreeSet<&str> = catalog.iter().map(String::as_str).collect();
@@ -2292,6 +3398,537 @@ next = "main"
         }
         assert_eq!(count, 12);
         assert!(total < 3 * 1024 * 1024, "{total} bytes");
+    }
+
+    // --- speech -----------------------------------------------------------------------------
+
+    fn phrases(plan: &Dialplan, menu_name: &str, key: &str, lang: &str) -> Vec<String> {
+        menu(plan, menu_name)
+            .lookup(key)
+            .exact
+            .and_then(|o| o.phrases.get(lang).cloned())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn keys_only_dialplan_has_no_speech() {
+        let (plan, _) = ok(MINIMAL);
+        assert!(plan.speech().is_none());
+        assert_eq!(plan.language(), "en");
+        assert!(menu(&plan, "main").answers.is_empty());
+    }
+
+    #[test]
+    fn phrases_parse_as_string_list_or_language_table() {
+        let (plan, warnings) = ok(r#"
+entry = "m"
+[menus.m]
+prompt = "p"
+[menus.m.options]
+1 = { play = "bal", say = "  balance " }
+2 = { play = "blocked", say = ["lost card", "stolen card"], label = "a lost card" }
+3 = { goto = "m", say = { en = ["main menu"], zh = ["主 菜单", "返回"] }, label = { zh = "主菜单" } }
+4 = { hangup = true }
+"#);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(phrases(&plan, "m", "1", "en"), vec!["balance"]);
+        assert_eq!(
+            phrases(&plan, "m", "2", "en"),
+            vec!["lost card", "stolen card"]
+        );
+        assert_eq!(phrases(&plan, "m", "3", "zh"), vec!["主 菜单", "返回"]);
+        assert!(phrases(&plan, "m", "4", "en").is_empty());
+        let m = menu(&plan, "m");
+        let opt = |k: &str| m.lookup(k).exact.expect("key");
+        assert_eq!(opt("2").label("en", "en").as_deref(), Some("a lost card"));
+        assert_eq!(
+            opt("1").label("en", "en").as_deref(),
+            Some("balance"),
+            "first phrase"
+        );
+        assert_eq!(opt("3").label("zh", "en").as_deref(), Some("主菜单"));
+        assert_eq!(opt("3").label("en", "en").as_deref(), Some("main menu"));
+        assert_eq!(opt("4").label("en", "en"), None);
+        // Phrases switch speech on with the built-in settings.
+        let speech = plan.speech().expect("speech on");
+        assert_eq!(speech.confidence, DEFAULT_CONFIDENCE);
+        assert_eq!(speech.reject_below, DEFAULT_REJECT_BELOW);
+        assert_eq!(speech.end_silence, Duration::from_millis(600));
+        assert_eq!(speech.no_input_timeout, None);
+        assert!(speech.say_anything);
+        assert_eq!(
+            speech.confirm_text.get("en", "en"),
+            Some("Did you say {label}?")
+        );
+        assert!(speech.yes["en"].contains(&"yeah".to_string()));
+        assert!(speech.no["en"].contains(&"nope".to_string()));
+    }
+
+    #[test]
+    fn speech_settings_parse() {
+        let (plan, warnings) = ok(r#"
+entry = "m"
+[speech]
+language = "zh"
+confidence = 0.75
+reject_below = 0.5
+confirm_text = { zh = "您是说{label}吗？", en = "You said {label}?" }
+yes = ["好的", "是"]
+end_silence_ms = 800
+no_input_timeout = 7.5
+say_anything = false
+[menus.m]
+prompt = "p"
+options.1 = { play = "a", say = "余额" }
+"#);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(plan.language(), "zh");
+        assert_eq!(
+            phrases(&plan, "m", "1", "zh"),
+            vec!["余额"],
+            "plain lists are in the dialplan's language"
+        );
+        let s = plan.speech().expect("on");
+        assert_eq!((s.confidence, s.reject_below), (0.75, 0.5));
+        assert_eq!(s.end_silence, Duration::from_millis(800));
+        assert_eq!(s.no_input_timeout, Some(Duration::from_millis(7500)));
+        assert!(!s.say_anything);
+        assert_eq!(s.confirm_text.get("zh", "zh"), Some("您是说{label}吗？"));
+        assert_eq!(
+            s.confirm_text.get("fr", "zh"),
+            Some("您是说{label}吗？"),
+            "fallback"
+        );
+        assert_eq!(
+            s.yes["zh"],
+            vec!["好的", "是"],
+            "replaces the built-in list"
+        );
+        assert!(
+            s.yes["en"].contains(&"yes".to_string()),
+            "other languages keep theirs"
+        );
+        // Speech can be switched off although phrases exist.
+        let (plan, _) = ok("entry = \"m\"\n[speech]\nenabled = false\n[menus.m]\nprompt = \"p\"\noptions.1 = { play = \"a\", say = \"x\" }\n");
+        assert!(plan.speech().is_none());
+    }
+
+    #[test]
+    fn answers_parse_and_can_stand_without_options() {
+        let (plan, warnings) = ok(r#"
+entry = "faq"
+[defaults]
+anything_else_text = "Anything else?"
+[menus.faq]
+prompt = "p"
+[[menus.faq.answers]]
+say = ["opening hours", "when are you open"]
+answer_text = "Nine to five."
+[[menus.faq.answers]]
+say = "fees"
+answer = ["fees-1", "fees-2"]
+then = "anything-else"
+label = "our fees"
+[[menus.faq.answers]]
+say = { zh = ["营业 时间"] }
+answer_text = { zh = "九点到五点。" }
+then = "menu"
+"#);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let faq = menu(&plan, "faq");
+        assert_eq!(
+            faq.kind,
+            MenuKind::Choice {
+                options: BTreeMap::new()
+            }
+        );
+        assert_eq!(faq.answers.len(), 3);
+        let a = &faq.answers[0];
+        assert_eq!(a.phrases["en"], vec!["opening hours", "when are you open"]);
+        assert_eq!(
+            a.reply,
+            Spoken::Text(LocalText(BTreeMap::from([(
+                "en".into(),
+                "Nine to five.".into()
+            )])))
+        );
+        assert_eq!(a.then, AnswerThen::Menu);
+        assert_eq!(a.label("en", "en").as_deref(), Some("opening hours"));
+        let b = &faq.answers[1];
+        assert_eq!(
+            b.reply,
+            Spoken::Prompts(vec!["fees-1".into(), "fees-2".into()])
+        );
+        assert_eq!(b.then, AnswerThen::AnythingElse);
+        assert_eq!(b.label("en", "en").as_deref(), Some("our fees"));
+        assert_eq!(
+            faq.answers[2].label("zh", "en").as_deref(),
+            Some("营业 时间")
+        );
+        assert_eq!(
+            faq.anything_else,
+            Some(Spoken::Text(LocalText(BTreeMap::from([(
+                "en".into(),
+                "Anything else?".into()
+            )]))))
+        );
+        let prompts: Vec<&str> = plan.prompt_names().collect();
+        assert_eq!(prompts, vec!["fees-1", "fees-2", "p"]);
+        // anything_else_prompt is a prompt name, checked like every other.
+        let (plan, _) = ok("entry = \"m\"\n[menus.m]\nprompt = \"p\"\nanything_else_prompt = \"more\"\n[[menus.m.answers]]\nsay = \"x\"\nanswer = \"y\"\nthen = \"anything-else\"\n");
+        assert_eq!(
+            menu(&plan, "m").anything_else,
+            Some(Spoken::Prompts(vec!["more".into()]))
+        );
+    }
+
+    #[test]
+    fn empty_phrases_are_errors_at_their_position() {
+        let d = diags(
+            r#"entry = "m"
+[menus.m]
+prompt = "p"
+[menus.m.options]
+1 = { play = "a", say = [] }
+2 = { play = "b", say = ["", "?!", "ok"] }
+3 = { play = "c", say = {} }
+4 = { play = "d", say = 5 }
+"#,
+        );
+        assert_eq!(at(one(&d, "'say' needs at least one phrase")), (5, 25));
+        assert_eq!(at(one(&d, "empty phrase in 'say'")), (6, 26));
+        let e = one(&d, "has no words once punctuation is removed");
+        assert_eq!(at(e), (6, 30));
+        assert!(
+            e.message.contains("phrase '?!' of option '2' in menu 'm'"),
+            "{}",
+            e.message
+        );
+        assert_eq!(at(one(&d, "'say' needs at least one language")), (7, 25));
+        assert_eq!(at(one(&d, "'say' must be a phrase")), (8, 25));
+        assert_eq!(d.len(), 5, "{d:#?}");
+    }
+
+    #[test]
+    fn a_phrase_for_two_options_of_one_menu_is_a_conflict() {
+        let d = diags(
+            r#"entry = "m"
+[menus.m]
+prompt = "p"
+[menus.m.options]
+2 = { play = "b", say = ["lost card", "stolen card"] }
+4 = { play = "d", say = "Lost  Card!" }
+[[menus.m.answers]]
+say = ["opening hours", "STOLEN card"]
+answer_text = "x"
+[menus.other]
+prompt = "p"
+options.1 = { play = "a", say = ["lost card"] }
+options.2 = { play = "a", say = { zh = ["lost card"] } }
+"#,
+        );
+        let e = one(&d, "is given to both option '2' and option '4'");
+        assert_eq!(at(e), (6, 25));
+        assert_eq!(
+            e.message,
+            "phrase 'lost card' is given to both option '2' and option '4' in menu 'm': a caller saying it could mean either"
+        );
+        let e = one(&d, "answer 1 ('opening hours')");
+        assert_eq!(at(e), (8, 25));
+        assert!(
+            e.message
+                .contains("phrase 'stolen card' is given to both option '2'"),
+            "{}",
+            e.message
+        );
+        // Other menus and other languages may reuse a phrase.
+        assert_eq!(d.len(), 2, "{d:#?}");
+    }
+
+    #[test]
+    fn answers_need_phrases_and_exactly_one_reply() {
+        let d = diags(
+            r#"entry = "m"
+[menus.m]
+prompt = "p"
+[[menus.m.answers]]
+say = "hours"
+[[menus.m.answers]]
+answer = "x"
+[[menus.m.answers]]
+say = "fees"
+answer = "f"
+answer_text = "F"
+[[menus.m.answers]]
+say = "z"
+answer_text = ""
+anser = "q"
+"#,
+        );
+        assert_eq!(
+            at(one(
+                &d,
+                "answer 1 ('hours') of menu 'm' has neither 'answer'"
+            )),
+            (4, 1)
+        );
+        assert_eq!(at(one(&d, "answer 2 of menu 'm' has no 'say'")), (6, 1));
+        assert_eq!(at(one(&d, "has both 'answer' and 'answer_text'")), (11, 1));
+        assert_eq!(at(one(&d, "'answer_text' is empty")), (14, 15));
+        let e = one(&d, "unknown field 'anser'");
+        assert_eq!(at(e), (15, 1));
+        assert!(
+            e.message.contains("did you mean 'answer'?"),
+            "{}",
+            e.message
+        );
+        assert_eq!(d.len(), 5, "{d:#?}");
+        let d = diags("entry = \"m\"\n[menus.m]\nprompt = \"p\"\nanswers = []\n");
+        assert_eq!(at(one(&d, "empty 'answers' list")), (4, 11));
+        let d = diags("entry = \"m\"\n[menus.m]\nprompt = \"p\"\nnext = \"hangup\"\n[[menus.m.answers]]\nsay = \"x\"\nanswer_text = \"y\"\n");
+        one(&d, "has both 'next' and 'answers'");
+    }
+
+    #[test]
+    fn answer_then_must_be_menu_or_anything_else() {
+        let d = diags(
+            r#"entry = "m"
+[menus.m]
+prompt = "p"
+[[menus.m.answers]]
+say = "a"
+answer_text = "A"
+then = "anythign-else"
+[[menus.m.answers]]
+say = "b"
+answer_text = "B"
+then = "anything-else"
+"#,
+        );
+        let e = one(&d, "unknown 'then' 'anythign-else'");
+        assert_eq!(at(e), (7, 8));
+        assert!(
+            e.message.contains("(did you mean 'anything-else'?)"),
+            "{}",
+            e.message
+        );
+        let e = one(&d, "no anything_else_prompt or anything_else_text");
+        assert_eq!(at(e), (11, 8));
+        assert_eq!(d.len(), 2, "{d:#?}");
+    }
+
+    #[test]
+    fn missing_answer_prompt_is_reported_like_any_prompt() {
+        let catalog: HashSet<String> = ["p", "opening-hours"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let text = "entry = \"m\"\n[menus.m]\nprompt = \"p\"\n[[menus.m.answers]]\nsay = \"hours\"\nanswer = \"opening-hour\"\n";
+        let DialplanError::Invalid(d) =
+            Dialplan::parse_str(Path::new(FILE), text, &catalog).unwrap_err()
+        else {
+            panic!("not Invalid")
+        };
+        let e = one(&d, "missing prompt 'opening-hour'");
+        assert_eq!(at(e), (6, 10));
+        assert!(
+            e.message.ends_with("(did you mean 'opening-hours'?)"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn unknown_languages_are_errors_with_suggestions() {
+        let d = diags(
+            r#"entry = "m"
+[speech]
+language = "fr"
+[menus.m]
+prompt = "p"
+options.1 = { play = "a", say = { eng = ["x"], zh = "y" } }
+options.2 = { play = "b", say = "z", label = { ZH = "q" } }
+"#,
+        );
+        let e = one(&d, "unknown language 'fr'");
+        assert_eq!(at(e), (3, 12));
+        assert!(
+            e.message.contains("supported languages are en, zh"),
+            "{}",
+            e.message
+        );
+        let e = one(&d, "unknown language 'eng'");
+        assert_eq!(at(e), (6, 35));
+        assert!(e.message.contains("(did you mean 'en'?)"), "{}", e.message);
+        assert_eq!(at(one(&d, "unknown language 'ZH'")), (7, 48));
+        assert_eq!(d.len(), 3, "{d:#?}");
+        // A non-English dialplan needs its own confirmation question.
+        let d = diags("entry = \"m\"\n[speech]\nlanguage = \"zh\"\n[menus.m]\nprompt = \"p\"\noptions.1 = { play = \"a\", say = \"余额\" }\n");
+        assert_eq!(at(one(&d, "set 'confirm_text' for language 'zh'")), (3, 12));
+    }
+
+    #[test]
+    fn confidence_values_must_be_fractions_in_order() {
+        let d = diags("entry = \"m\"\n[speech]\nconfidence = 1.5\nreject_below = -0.1\nend_silence_ms = 50\nno_input_timeout = 0\nenabled = \"yes\"\n[menus.m]\nprompt = \"p\"\nnext = \"hangup\"\n");
+        assert_eq!(at(one(&d, "'confidence' must be between 0 and 1")), (3, 14));
+        assert_eq!(
+            at(one(&d, "'reject_below' must be between 0 and 1")),
+            (4, 16)
+        );
+        assert_eq!(
+            at(one(&d, "'end_silence_ms' must be between 200 and 3000")),
+            (5, 18)
+        );
+        assert_eq!(
+            at(one(&d, "'no_input_timeout' must be between 1 and 60")),
+            (6, 20)
+        );
+        assert_eq!(at(one(&d, "'enabled' must be true or false")), (7, 11));
+        assert_eq!(d.len(), 5, "{d:#?}");
+        let d = diags("entry = \"m\"\n[speech]\nconfidence = 0.5\nreject_below = 0.7\n[menus.m]\nprompt = \"p\"\nnext = \"hangup\"\n");
+        let e = one(&d, "thresholds out of order");
+        assert_eq!(at(e), (4, 16));
+        assert!(
+            e.message
+                .contains("'reject_below' (0.7) must not be above 'confidence' (0.5)"),
+            "{}",
+            e.message
+        );
+        // Only confidence given, below the default reject_below: pointed at confidence.
+        let d = diags("entry = \"m\"\n[speech]\nconfidence = 0.2\n[menus.m]\nprompt = \"p\"\nnext = \"hangup\"\n");
+        assert_eq!(at(one(&d, "thresholds out of order")), (3, 14));
+        // Equal thresholds are fine: no confirmation band.
+        ok("entry = \"m\"\n[speech]\nconfidence = 0.5\nreject_below = 0.5\n[menus.m]\nprompt = \"p\"\noptions.1 = { play = \"a\", say = \"x\" }\n");
+    }
+
+    #[test]
+    fn misplaced_speech_fields_are_reported() {
+        let d = diags(
+            r#"entry = "m"
+[speech]
+confidense = 0.7
+confirm_text = "Say {lable}"
+yes = ["yes", "?"]
+[defaults]
+anything_else_prompt = "ae"
+anything_else_text = "Anything else?"
+final = { hangup = true, say = "bye" }
+[menus.m]
+prompt = "p"
+options.1 = { play = "a", say = "x", sey = "y" }
+"#,
+        );
+        let e = one(&d, "unknown field 'confidense' in [speech]");
+        assert_eq!(at(e), (3, 1));
+        assert!(
+            e.message.contains("did you mean 'confidence'?"),
+            "{}",
+            e.message
+        );
+        assert_eq!(at(one(&d, "unknown placeholder '{lable}'")), (4, 16));
+        assert_eq!(at(one(&d, "phrase '?' of 'yes' in [speech]")), (5, 15));
+        assert_eq!(
+            at(one(
+                &d,
+                "has both 'anything_else_prompt' and 'anything_else_text'"
+            )),
+            (8, 1)
+        );
+        assert_eq!(
+            at(one(&d, "'say' does not apply to 'final' in [defaults]")),
+            (9, 26)
+        );
+        let e = one(&d, "unknown field 'sey'");
+        assert!(e.message.contains("did you mean 'say'?"), "{}", e.message);
+        assert_eq!(
+            d.iter().filter(|x| x.severity == Severity::Error).count(),
+            6,
+            "{d:#?}"
+        );
+        assert_eq!(at(one(&d, "has no {label}")), (4, 16));
+    }
+
+    #[test]
+    fn speech_warnings_and_speech_off_checks() {
+        let (_, warnings) = ok("entry = \"m\"\n[speech]\nenabled = true\n[menus.m]\nprompt = \"p\"\noptions.1 = { play = \"a\", label = \"x\" }\n");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(
+            at(one(
+                &warnings,
+                "speech is enabled but no option has phrases"
+            )),
+            (3, 1)
+        );
+        assert_eq!(at(one(&warnings, "'label' has no effect")), (6, 27));
+        let d = diags("entry = \"m\"\n[speech]\nenabled = false\n[menus.m]\nprompt = \"p\"\n[[menus.m.answers]]\nsay = \"x\"\nanswer_text = \"y\"\n");
+        assert_eq!(
+            at(one(&d, "menu 'm' has only answers and speech is off")),
+            (4, 8)
+        );
+        // An anything-else setting in a play-only menu has no effect.
+        let (_, warnings) = ok("entry = \"g\"\n[menus.g]\nprompt = \"p\"\nnext = \"hangup\"\nanything_else_text = \"x\"\n");
+        assert_eq!(
+            at(one(&warnings, "'anything_else_text' has no effect")),
+            (5, 1)
+        );
+    }
+
+    #[test]
+    fn opening_menus_and_menus_by_distance() {
+        let (plan, _) = ok(r#"entry = "a"
+[menus.a]
+prompt = "p"
+next = "b"
+[menus.b]
+prompt = "p"
+next = "m"
+[menus.m]
+prompt = "p"
+options.1 = { goto = "z" }
+options.2 = { goto = "c" }
+[menus.c]
+prompt = "p"
+options.1 = { goto = "d" }
+[menus.d]
+prompt = "p"
+next = "m"
+[menus.z]
+prompt = "p"
+next = "hangup"
+[menus.lonely]
+prompt = "p"
+next = "a"
+"#);
+        assert_eq!(plan.opening_menus(), vec!["a", "b", "m"]);
+        // m's keys in order lead to z, then c; d is one step further; lonely last.
+        assert_eq!(
+            plan.menus_by_distance(),
+            vec!["a", "b", "m", "z", "c", "d", "lonely"]
+        );
+        let (plan, _) = ok("entry = \"a\"\n[menus.a]\nprompt = \"p\"\nnext = \"b\"\n[menus.b]\nprompt = \"p\"\nnext = \"a\"\n");
+        assert_eq!(
+            plan.opening_menus(),
+            vec!["a", "b"],
+            "a loop of greetings ends"
+        );
+    }
+
+    #[test]
+    fn reference_speech_example_in_the_docs_is_valid() {
+        let doc = include_str!("../../docs/dialplan.md");
+        let marker = "```toml\n# speech example\n";
+        let start = doc.find(marker).expect("a speech example") + "```toml\n".len();
+        let len = doc[start..].find("```").expect("closing fence");
+        let (plan, warnings) = Dialplan::parse_str(
+            Path::new("dialplans/bank.toml"),
+            &doc[start..start + len],
+            &AnyPrompt,
+        )
+        .unwrap_or_else(|e| panic!("docs speech example: {e}"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let speech = plan.speech().expect("speech on");
+        assert_eq!(speech.confidence, 0.7);
+        assert!(!menu(&plan, "main").answers.is_empty());
     }
 
     mod fuzz {

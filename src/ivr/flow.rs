@@ -17,13 +17,42 @@
 //!   failures the menu's final action runs.
 //! - Answer prompts are played back to back with the prompt of the menu that follows, as one
 //!   playback, and a key during them counts in that menu.
+//!
+//! Speech (when the dialplan has phrases):
+//! - A menu whose options have phrases *listens*: a recognition turn opens (`Listen`) when its
+//!   prompt starts if the prompt is interruptible, else when it ends, and closes
+//!   (`StopListening`) before whatever the caller's input leads to. Never two turns at once.
+//!   An interruptible play-only menu listens with the grammar of the menu it leads to, as
+//!   keys during it count there.
+//! - `SpeechStarted` during an interruptible prompt stops it (barge-in) and suspends the
+//!   no-input timer until the transcript arrives (at most [`TRANSCRIPT_WAIT`]).
+//! - A transcript matching an option with a score at or above `confidence` selects it; between
+//!   `reject_below` and `confidence` the caller is asked "Did you say …?" (yes/no by voice or
+//!   1/2); below, or matching nothing, it is a no-match. A "no" is a failed attempt that
+//!   repeats the menu prompt. Speech and keys share the attempt counter.
+//! - Say-anything: in the opening menus the grammar holds the phrases of every menu, and a
+//!   phrase of another menu runs that menu's option as if the caller had navigated there.
+//! - A key during a turn wins: the turn closes and the key counts as usual.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ivr::dialplan::{normalize_dtmf, Action, Dialplan, Menu, MenuKind, Next};
+use crate::ivr::dialplan::{
+    normalize_dtmf, Action, AnswerThen, Dialplan, Menu, MenuKind, Next, SpeechSettings, Spoken,
+    LABEL_PLACEHOLDER,
+};
+use crate::speech::intent::PhraseSet;
+
+/// Longest wait from `SpeechStarted` to its transcript before the turn counts as no input
+/// (an utterance is cut at 10 s by the endpointer; recognition adds a little).
+pub const TRANSCRIPT_WAIT: Duration = Duration::from_secs(15);
+/// Transcript text beyond this many characters is ignored (matching and call records).
+const MAX_TRANSCRIPT_CHARS: usize = 500;
+/// Recogniser words beyond this many are ignored, and characters beyond this many in a word.
+const MAX_TRANSCRIPT_WORDS: usize = 64;
+const MAX_WORD_CHARS: usize = 64;
 
 /// What the shell reports to the flow.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FlowEvent {
     /// The call is up; the flow starts in the dialplan's entry menu.
     Answered,
@@ -31,8 +60,29 @@ pub enum FlowEvent {
     Digit(char),
     /// Playback `playback` played to its end (not sent for a stopped playback).
     PlaybackFinished { playback: u64 },
+    /// The caller started talking during a recognition turn (the shell's VAD has applied its
+    /// sustained-speech guard, so coughs and clicks do not count).
+    SpeechStarted,
+    /// The recogniser's final result for the current turn. `confidence` is the utterance's
+    /// (0..1); `words` the per-word confidences when the recogniser gives them.
+    Transcript {
+        text: String,
+        confidence: f32,
+        words: Vec<(String, f32)>,
+    },
+    /// The recogniser ended the current turn without a result (nothing said, or nothing
+    /// recognised). Counts as no input once the prompt has finished.
+    SpeechTimeout,
     /// The caller hung up.
     Hangup,
+}
+
+/// Something to play: a recorded prompt (a name under `voice-prompts/`) or a text the shell
+/// renders with TTS in the call's language ([`CallFlow::language`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PromptItem {
+    Recorded(String),
+    Text(String),
 }
 
 /// What the flow asks the shell to do, in order.
@@ -41,11 +91,22 @@ pub enum FlowAction {
     /// Play the prompts back to back, then report `PlaybackFinished { playback }`.
     Play {
         playback: u64,
-        prompts: Vec<String>,
+        prompts: Vec<PromptItem>,
         interruptible: bool,
     },
     /// Barge-in: stop the current playback at once (no `PlaybackFinished` for it).
     StopPlayback,
+    /// Open a recognition turn: feed caller audio to the VAD (end of utterance after
+    /// `end_silence`) and the recogniser, restricted to `grammar` (normalised phrases, last
+    /// `"[unk]"` for speech outside it). Report `SpeechStarted`, then `Transcript` or
+    /// `SpeechTimeout`. Never sent while a turn is open.
+    Listen {
+        grammar: Vec<String>,
+        language: String,
+        end_silence: Duration,
+    },
+    /// Close the turn: discard anything the recogniser still has for it.
+    StopListening,
     /// Record the caller's number in the opt-out list and commit it before the next action.
     OptOut,
     /// Hand the call to `target`; the flow is finished.
@@ -80,14 +141,34 @@ pub enum Outcome {
     AttemptsExhausted,
 }
 
+/// One transcript the flow received, for call records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpokenInput {
+    /// The menu the caller was in (a greeting when they spoke over it).
+    pub menu: String,
+    /// What the recogniser heard (at most 500 characters).
+    pub text: String,
+    /// The recogniser's confidence for the utterance, 0..1.
+    pub confidence: f32,
+    /// What it was taken as: `"<menu>:<key>"` for an option, `"<menu>:<label>"` for an
+    /// answer, `"yes"`/`"no"` in a confirmation; `None` when nothing matched well enough.
+    pub matched: Option<String>,
+    /// The match score compared with the thresholds (0 when nothing matched).
+    pub score: f32,
+}
+
 /// What happened in one call, for call records and reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FlowRecord {
-    /// Menus entered, in order, repeats included (a re-prompt is not a new entry).
+    /// Menus entered, in order, repeats included (a re-prompt is not a new entry). A menu
+    /// where the caller chose by voice reads `"main(voice:lost card)"` (the option's label);
+    /// a say-anything jump adds the target menu that way.
     pub path: Vec<String>,
     /// Every key pressed between answer and the end of the flow, in order, including keys
     /// ignored during non-interruptible prompts.
     pub digits: String,
+    /// Every transcript received during a recognition turn, in order.
+    pub transcripts: Vec<SpokenInput>,
     pub outcome: Outcome,
     /// The menu the caller was in last (`None` before the call is answered).
     pub final_menu: Option<String>,
@@ -121,6 +202,10 @@ enum State {
         input: String,
         deadline: Instant,
     },
+    /// The caller is talking; the transcript is due by `deadline`.
+    Hearing {
+        deadline: Instant,
+    },
     Finished,
 }
 
@@ -136,6 +221,52 @@ enum Press {
 enum Failure {
     NoInput,
     NoMatch,
+    /// The caller said "no" to a confirmation: the menu prompt again, without apology.
+    Denied,
+}
+
+/// What a voice target runs.
+#[derive(Debug, Clone)]
+enum Choice {
+    Key(String),
+    Answer(usize),
+}
+
+/// An option or answer that a phrase selects.
+#[derive(Debug, Clone)]
+struct VoiceTarget {
+    menu: String,
+    choice: Choice,
+    /// Its name for the caller (confirmation, path).
+    label: String,
+}
+
+impl VoiceTarget {
+    fn id(&self) -> String {
+        match &self.choice {
+            Choice::Key(key) => format!("{}:{key}", self.menu),
+            Choice::Answer(_) => format!("{}:{}", self.menu, self.label),
+        }
+    }
+}
+
+/// An open recognition turn.
+#[derive(Debug)]
+struct Turn {
+    /// Play-only menus the caller is skipping (speaking over a greeting), ending with the
+    /// menu with options whose grammar this is; empty when the caller is in that menu.
+    chain: Vec<String>,
+    /// Phrases; option ids are indexes into `targets` (or "yes"/"no" when confirming).
+    set: PhraseSet,
+    targets: Vec<VoiceTarget>,
+}
+
+/// How a transcript is taken.
+enum Heard {
+    Select(VoiceTarget),
+    Confirm(VoiceTarget),
+    Yes(VoiceTarget),
+    Failed(Failure),
 }
 
 /// One call's walk through a dialplan.
@@ -149,10 +280,36 @@ pub struct CallFlow {
     failures: u32,
     last_playback: u64,
     record: FlowRecord,
+    /// The call language for grammars and texts.
+    language: String,
+    /// The open recognition turn.
+    turn: Option<Turn>,
+    /// The option a confirmation question is about, until it is answered.
+    confirming: Option<VoiceTarget>,
+    /// Menus whose grammar holds every menu's phrases (say-anything), and every menu nearest
+    /// the entry first (which menu's phrase wins when two menus share one).
+    opening: Vec<String>,
+    by_distance: Vec<String>,
 }
 
 impl CallFlow {
     pub fn new(dialplan: Arc<Dialplan>) -> Self {
+        let language = dialplan.language().to_string();
+        let say_anything = dialplan.speech().is_some_and(|s| s.say_anything);
+        let opening = if say_anything {
+            dialplan
+                .opening_menus()
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let by_distance = dialplan
+            .menus_by_distance()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         CallFlow {
             dialplan,
             state: State::NotAnswered,
@@ -162,9 +319,30 @@ impl CallFlow {
             record: FlowRecord {
                 path: Vec::new(),
                 digits: String::new(),
+                transcripts: Vec::new(),
                 outcome: Outcome::InProgress,
                 final_menu: None,
             },
+            language,
+            turn: None,
+            confirming: None,
+            opening,
+            by_distance,
+        }
+    }
+
+    /// The call language (grammars, TTS texts): the dialplan's `[speech] language` unless
+    /// [`CallFlow::set_language`] changed it.
+    pub fn language(&self) -> &str {
+        &self.language
+    }
+
+    /// Switches the call language (e.g. chosen by the dialled number) for turns and texts
+    /// from now on; phrases and texts missing in it fall back to the dialplan's language for
+    /// texts, and leave options without phrases in it to keys. Unknown codes are ignored.
+    pub fn set_language(&mut self, language: &str) {
+        if crate::ivr::dialplan::LANGUAGES.contains(&language) {
+            self.language = language.to_string();
         }
     }
 
@@ -178,12 +356,15 @@ impl CallFlow {
                     return Vec::new();
                 }
                 let entry = self.dialplan.entry().to_string();
-                self.enter_menu(&entry, Vec::new())
+                self.enter_menu(&entry, Vec::new(), None)
             }
             FlowEvent::Hangup => {
                 if self.record.outcome == Outcome::InProgress {
                     self.record.outcome = Outcome::Abandoned;
                 }
+                // The shell tears the call down; no StopListening is owed.
+                self.turn = None;
+                self.confirming = None;
                 self.state = State::Finished;
                 Vec::new()
             }
@@ -206,15 +387,38 @@ impl CallFlow {
                     return Vec::new();
                 }
                 self.record.digits.push(digit);
+                if self.confirming.is_some() && self.turn.is_some() {
+                    return self.confirm_digit(digit);
+                }
                 self.digit(digit, now)
             }
+            FlowEvent::SpeechStarted => self.speech_started(now),
+            FlowEvent::Transcript {
+                text,
+                confidence,
+                words,
+            } => self.transcript(&text, confidence, words),
+            FlowEvent::SpeechTimeout => match self.state {
+                State::Waiting { .. } | State::Hearing { .. } if self.turn.is_some() => {
+                    self.speech_failed(Failure::NoInput)
+                }
+                // During the prompt the flow's own timer has not started; it decides.
+                _ => Vec::new(),
+            },
         }
     }
 
-    /// Runs an expired no-input or inter-digit timer; does nothing before `poll_timeout()`.
+    /// Runs an expired no-input, inter-digit or transcript timer; does nothing before
+    /// `poll_timeout()`.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<FlowAction> {
         match &self.state {
-            State::Waiting { deadline } if now >= *deadline => self.fail(Failure::NoInput),
+            State::Waiting { deadline } | State::Hearing { deadline } if now >= *deadline => {
+                if self.turn.is_some() {
+                    self.speech_failed(Failure::NoInput)
+                } else {
+                    self.fail(Failure::NoInput)
+                }
+            }
             State::Collecting { input, deadline } if now >= *deadline => {
                 let chosen = self
                     .current_menu()
@@ -232,7 +436,9 @@ impl CallFlow {
     /// When `handle_timeout` should next be called, if a timer runs.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
-            State::Waiting { deadline } | State::Collecting { deadline, .. } => Some(*deadline),
+            State::Waiting { deadline }
+            | State::Collecting { deadline, .. }
+            | State::Hearing { deadline } => Some(*deadline),
             _ => None,
         }
     }
@@ -246,8 +452,17 @@ impl CallFlow {
         self.state == State::Finished
     }
 
+    /// True while a recognition turn is open (between `Listen` and `StopListening`).
+    pub fn is_listening(&self) -> bool {
+        self.turn.is_some()
+    }
+
     fn current_menu(&self) -> Option<&Menu> {
         self.dialplan.menu(&self.menu)
+    }
+
+    fn speech(&self) -> Option<&SpeechSettings> {
+        self.dialplan.speech()
     }
 
     fn digit(&mut self, digit: char, now: Instant) -> Vec<FlowAction> {
@@ -263,7 +478,15 @@ impl CallFlow {
                 ..
             } => {
                 let next = next.clone();
-                return self.barge_into_next(next, digit, now);
+                return self.barge_into_next(next, digit, true, now);
+            }
+            State::Hearing { .. } => {
+                // Speaking over a greeting, then pressing a key: it counts where the
+                // greeting leads, as during the greeting.
+                if let Some(next) = self.turn.as_ref().and_then(|t| t.chain.first()).cloned() {
+                    return self.barge_into_next(next, digit, false, now);
+                }
+                (String::new(), false)
             }
             State::Waiting { .. } => (String::new(), false),
             State::Collecting { input, .. } => (input.clone(), false),
@@ -278,34 +501,22 @@ impl CallFlow {
         if barge_in {
             actions.push(FlowAction::StopPlayback);
         }
+        self.close_turn(&mut actions);
         actions.extend(self.apply(press, now));
         actions
     }
 
     /// A key during a play-only menu: skip it (and any interruptible play-only menus after
     /// it) and let the key count in the first menu with options.
-    fn barge_into_next(&mut self, next: String, digit: char, now: Instant) -> Vec<FlowAction> {
-        let mut chain = vec![next];
-        let mut target_has_options = false;
-        // Bounded by the number of menus, so a loop of greetings cannot spin.
-        for _ in 0..=self.dialplan.menus().count() {
-            let Some(menu) = chain.last().and_then(|name| self.dialplan.menu(name)) else {
-                break;
-            };
-            match &menu.kind {
-                MenuKind::Choice { .. } => {
-                    target_has_options = true;
-                    break;
-                }
-                MenuKind::Announcement {
-                    next: Next::Menu(following),
-                } if menu.barge_in => {
-                    let following = following.clone();
-                    chain.push(following);
-                }
-                MenuKind::Announcement { .. } => break,
-            }
-        }
+    fn barge_into_next(
+        &mut self,
+        next: String,
+        digit: char,
+        stop_playback: bool,
+        now: Instant,
+    ) -> Vec<FlowAction> {
+        let (chain, target_has_options) = self.chain_from(next);
+        let mut chain = chain;
         let Some(target) = chain.pop() else {
             return Vec::new();
         };
@@ -318,17 +529,44 @@ impl CallFlow {
         if matches!(press, Press::Ignore) {
             return Vec::new();
         }
-        let mut actions = vec![FlowAction::StopPlayback];
+        let mut actions = Vec::new();
+        if stop_playback {
+            actions.push(FlowAction::StopPlayback);
+        }
+        self.close_turn(&mut actions);
         for skipped in &chain {
-            self.note_menu_entry(skipped);
+            self.note_entry(skipped, None);
         }
         if target_has_options {
-            self.note_menu_entry(&target);
+            self.note_entry(&target, None);
             actions.extend(self.apply(press, now));
         } else {
-            actions.extend(self.enter_menu(&target, Vec::new()));
+            actions.extend(self.enter_menu(&target, Vec::new(), None));
         }
         actions
+    }
+
+    /// The menus from `next` on that a caller skipping play-only menus passes: through
+    /// interruptible play-only menus up to the first menu with options (then true) or up to
+    /// one that must be heard (then false). Bounded, so a loop of greetings cannot spin.
+    fn chain_from(&self, next: String) -> (Vec<String>, bool) {
+        let mut chain = vec![next];
+        for _ in 0..=self.dialplan.menus().count() {
+            let Some(menu) = chain.last().and_then(|name| self.dialplan.menu(name)) else {
+                break;
+            };
+            match &menu.kind {
+                MenuKind::Choice { .. } => return (chain, true),
+                MenuKind::Announcement {
+                    next: Next::Menu(following),
+                } if menu.barge_in => {
+                    let following = following.clone();
+                    chain.push(following);
+                }
+                MenuKind::Announcement { .. } => break,
+            }
+        }
+        (chain, false)
     }
 
     /// What `digit` does in menu `menu_name` after `input` was collected.
@@ -373,24 +611,396 @@ impl CallFlow {
         }
     }
 
+    // --- speech -----------------------------------------------------------------------------
+
+    fn speech_started(&mut self, now: Instant) -> Vec<FlowAction> {
+        if self.turn.is_none() {
+            return Vec::new(); // no turn open: a late report from a closed one
+        }
+        let hearing = State::Hearing {
+            deadline: deadline(now, TRANSCRIPT_WAIT),
+        };
+        match self.state {
+            State::Playing {
+                interruptible: true,
+                ..
+            } => {
+                self.state = hearing;
+                vec![FlowAction::StopPlayback]
+            }
+            State::Waiting { .. } => {
+                self.state = hearing;
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn transcript(
+        &mut self,
+        text: &str,
+        confidence: f32,
+        words: Vec<(String, f32)>,
+    ) -> Vec<FlowAction> {
+        let mut actions = Vec::new();
+        match self.state {
+            _ if self.turn.is_none() => return actions,
+            // Without a SpeechStarted first (the shell's VAD missed the onset): barge in now.
+            State::Playing {
+                interruptible: true,
+                ..
+            } => actions.push(FlowAction::StopPlayback),
+            State::Waiting { .. } | State::Hearing { .. } => {}
+            _ => return actions,
+        }
+        let Some(turn) = self.turn.take() else {
+            return actions;
+        };
+        actions.push(FlowAction::StopListening);
+        let confirming = self.confirming.take();
+
+        let text: String = text.chars().take(MAX_TRANSCRIPT_CHARS).collect();
+        let confidence = if confidence.is_nan() {
+            0.0
+        } else {
+            confidence.clamp(0.0, 1.0)
+        };
+        let mut words: Vec<(String, f32)> = words
+            .into_iter()
+            .take(MAX_TRANSCRIPT_WORDS)
+            .map(|(w, c)| (w.chars().take(MAX_WORD_CHARS).collect(), c))
+            .collect();
+        if words.is_empty() {
+            // No per-word confidences: every word gets the utterance's.
+            words = text
+                .split_whitespace()
+                .take(MAX_TRANSCRIPT_WORDS)
+                .map(|w| (w.to_string(), confidence))
+                .collect();
+        }
+        let (accept, reject) = self
+            .speech()
+            .map_or((1.0, 1.0), |s| (s.confidence, s.reject_below));
+        let found = turn.set.match_transcript(&text, &words);
+        let score = found.as_ref().map_or(0.0, |m| m.score);
+        let silent = text.trim().is_empty() && words.is_empty();
+        let heard = match (found, confirming) {
+            _ if silent => Heard::Failed(Failure::NoInput),
+            (Some(m), Some(target)) if score >= reject => match m.option.as_str() {
+                "yes" => Heard::Yes(target),
+                _ => Heard::Failed(Failure::Denied),
+            },
+            (_, Some(_)) => Heard::Failed(Failure::NoMatch),
+            (Some(m), None) if score >= reject => {
+                match m
+                    .option
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| turn.targets.get(i))
+                {
+                    Some(target) if score >= accept => Heard::Select(target.clone()),
+                    Some(target) => Heard::Confirm(target.clone()),
+                    None => Heard::Failed(Failure::NoMatch),
+                }
+            }
+            (_, None) => Heard::Failed(Failure::NoMatch),
+        };
+        let matched = match &heard {
+            Heard::Select(t) | Heard::Confirm(t) => Some(t.id()),
+            Heard::Yes(_) => Some("yes".to_string()),
+            Heard::Failed(Failure::Denied) => Some("no".to_string()),
+            Heard::Failed(_) => None,
+        };
+        self.record.transcripts.push(SpokenInput {
+            menu: self.menu.clone(),
+            text,
+            confidence,
+            matched,
+            score,
+        });
+        match heard {
+            Heard::Select(target) | Heard::Yes(target) => {
+                actions.extend(self.select_by_voice(&turn.chain, target))
+            }
+            Heard::Confirm(target) => {
+                self.enter_chain(&turn.chain);
+                actions.extend(self.ask_confirmation(target));
+            }
+            Heard::Failed(failure) => {
+                self.enter_chain(&turn.chain);
+                actions.extend(self.fail(failure));
+            }
+        }
+        actions
+    }
+
+    /// A key while a confirmation is open: 1 is yes, 2 is no, anything else no match.
+    fn confirm_digit(&mut self, digit: char) -> Vec<FlowAction> {
+        let mut actions = Vec::new();
+        match self.state {
+            State::Playing {
+                interruptible: true,
+                ..
+            } => actions.push(FlowAction::StopPlayback),
+            State::Waiting { .. } | State::Hearing { .. } => {}
+            _ => return actions, // a confirmation that must be heard ignores keys
+        }
+        let Some(target) = self.close_turn(&mut actions) else {
+            return actions;
+        };
+        actions.extend(match digit {
+            '1' => self.select_by_voice(&[], target),
+            '2' => self.fail(Failure::Denied),
+            _ => self.fail(Failure::NoMatch),
+        });
+        actions
+    }
+
+    /// The turn ended without a selection (silence, or a missing transcript).
+    fn speech_failed(&mut self, failure: Failure) -> Vec<FlowAction> {
+        let mut actions = Vec::new();
+        let chain = self
+            .turn
+            .as_ref()
+            .map(|t| t.chain.clone())
+            .unwrap_or_default();
+        self.close_turn(&mut actions);
+        self.enter_chain(&chain);
+        actions.extend(self.fail(failure));
+        actions
+    }
+
+    /// Notes the menus of a greeting's chain as entered (the caller spoke over them).
+    fn enter_chain(&mut self, chain: &[String]) {
+        for name in chain {
+            self.note_entry(name, None);
+        }
+    }
+
+    /// Runs a voice selection, marking it in the path: the current menu's entry when the
+    /// option is there, else an entry for the option's menu (a say-anything jump).
+    fn select_by_voice(&mut self, chain: &[String], target: VoiceTarget) -> Vec<FlowAction> {
+        let mark = format!("{}(voice:{})", target.menu, target.label);
+        // Play-only menus spoken over are entered; the chain's menu with options only if the
+        // option is there (a jump elsewhere goes straight to the option's menu).
+        if let Some((_, skipped)) = chain.split_last() {
+            self.enter_chain(skipped);
+        }
+        if chain.is_empty() && target.menu == self.menu {
+            if let Some(last) = self.record.path.last_mut() {
+                *last = mark;
+            }
+        } else {
+            self.note_entry(&target.menu, Some(mark));
+        }
+        let Some(menu) = self.dialplan.menu(&target.menu) else {
+            return self.hangup_now(HangupCause::Normal);
+        };
+        match target.choice {
+            Choice::Key(key) => match menu.lookup(&key).exact {
+                Some(option) => {
+                    let action = option.action.clone();
+                    self.run_action(action, false)
+                }
+                None => self.fail(Failure::NoMatch),
+            },
+            Choice::Answer(index) => {
+                let Some(answer) = menu.answers.get(index) else {
+                    return self.fail(Failure::NoMatch);
+                };
+                let reply = self.spoken(&answer.reply);
+                let instead = match answer.then {
+                    AnswerThen::Menu => None,
+                    AnswerThen::AnythingElse => menu.anything_else.as_ref().map(|s| self.spoken(s)),
+                };
+                let name = target.menu.clone();
+                self.enter_menu(&name, reply, instead)
+            }
+        }
+    }
+
+    /// "Did you say …?": plays the question and opens a yes/no turn.
+    fn ask_confirmation(&mut self, target: VoiceTarget) -> Vec<FlowAction> {
+        let fallback = self.dialplan.language();
+        let question = self
+            .speech()
+            .and_then(|s| s.confirm_text.get(&self.language, fallback))
+            .unwrap_or(crate::ivr::dialplan::DEFAULT_CONFIRM_TEXT)
+            .replace(LABEL_PLACEHOLDER, &target.label);
+        let barge_in = self.current_menu().is_none_or(|m| m.barge_in);
+        self.confirming = Some(target);
+        self.play(vec![PromptItem::Text(question)], barge_in, After::Input)
+    }
+
+    /// Opens a recognition turn for input in the current menu (`after` is `Input`) or in the
+    /// menu a play-only menu leads to; nothing when that menu has no phrases.
+    fn open_turn(&mut self, after: &After) -> Vec<FlowAction> {
+        let mut actions = Vec::new();
+        self.close_turn_keeping_confirmation(&mut actions);
+        let Some(speech) = self.speech() else {
+            return actions;
+        };
+        let (owner, chain) = match after {
+            After::Input => (self.menu.clone(), Vec::new()),
+            After::Continue(Next::Menu(next)) => match self.chain_from(next.clone()) {
+                (chain, true) => match chain.last() {
+                    Some(owner) => (owner.clone(), chain),
+                    None => return actions,
+                },
+                _ => return actions,
+            },
+            _ => return actions,
+        };
+        let language = self.language.clone();
+        let end_silence = speech.end_silence;
+        let turn = if self.confirming.is_some() {
+            self.confirmation_turn()
+        } else {
+            self.menu_turn(&owner, chain)
+        };
+        if let Some(turn) = turn {
+            let (grammar, _) = turn.set.grammar(|_| true);
+            self.turn = Some(turn);
+            actions.push(FlowAction::Listen {
+                grammar,
+                language,
+                end_silence,
+            });
+        }
+        actions
+    }
+
+    /// The grammar of menu `owner`: its options and answers, then (say-anything) those of
+    /// every other menu, nearest the entry first; a phrase already taken stays with the
+    /// first. Options that only lead back to `owner` are left out of the others.
+    fn menu_turn(&self, owner: &str, chain: Vec<String>) -> Option<Turn> {
+        let menu = self.dialplan.menu(owner)?;
+        let mut turn = Turn {
+            chain,
+            set: PhraseSet::new(),
+            targets: Vec::new(),
+        };
+        self.add_voice_targets(menu, None, &mut turn);
+        if self.opening.iter().any(|m| m == owner) {
+            for name in &self.by_distance {
+                if name == owner {
+                    continue;
+                }
+                if let Some(other) = self.dialplan.menu(name) {
+                    self.add_voice_targets(other, Some(owner), &mut turn);
+                }
+            }
+        }
+        (!turn.targets.is_empty()).then_some(turn)
+    }
+
+    fn add_voice_targets(&self, menu: &Menu, owner: Option<&str>, turn: &mut Turn) {
+        let fallback = self.dialplan.language();
+        for option in menu.options() {
+            let back_to_owner = matches!(
+                (&option.action, owner),
+                (Action::Goto { menu: to }, Some(owner)) if to == owner
+            );
+            let Some(phrases) = option.phrases.get(&self.language) else {
+                continue;
+            };
+            if back_to_owner {
+                continue;
+            }
+            let target = VoiceTarget {
+                menu: menu.name.clone(),
+                choice: Choice::Key(option.key.clone()),
+                label: option
+                    .label(&self.language, fallback)
+                    .unwrap_or_else(|| option.key.clone()),
+            };
+            add_target(turn, phrases, target);
+        }
+        for (index, answer) in menu.answers.iter().enumerate() {
+            let Some(phrases) = answer.phrases.get(&self.language) else {
+                continue;
+            };
+            let target = VoiceTarget {
+                menu: menu.name.clone(),
+                choice: Choice::Answer(index),
+                label: answer
+                    .label(&self.language, fallback)
+                    .unwrap_or_else(|| format!("answer {}", index.saturating_add(1))),
+            };
+            add_target(turn, phrases, target);
+        }
+    }
+
+    /// The yes/no grammar of a confirmation.
+    fn confirmation_turn(&self) -> Option<Turn> {
+        let speech = self.speech()?;
+        let fallback = self.dialplan.language();
+        let mut set = PhraseSet::new();
+        for (id, replies) in [("yes", &speech.yes), ("no", &speech.no)] {
+            let list = replies
+                .get(&self.language)
+                .or_else(|| replies.get(fallback))?;
+            for reply in list {
+                let _ = set.add(id, reply); // validated when loaded
+            }
+        }
+        Some(Turn {
+            chain: Vec::new(),
+            set,
+            targets: Vec::new(),
+        })
+    }
+
+    /// Closes the open turn (emitting `StopListening`) and ends any confirmation; returns
+    /// the option that was being confirmed.
+    fn close_turn(&mut self, actions: &mut Vec<FlowAction>) -> Option<VoiceTarget> {
+        self.close_turn_keeping_confirmation(actions);
+        self.confirming.take()
+    }
+
+    fn close_turn_keeping_confirmation(&mut self, actions: &mut Vec<FlowAction>) {
+        if self.turn.take().is_some() {
+            actions.push(FlowAction::StopListening);
+        }
+    }
+
+    /// Prompt items for something said: recorded prompts, or a text in the call language.
+    fn spoken(&self, spoken: &Spoken) -> Vec<PromptItem> {
+        match spoken {
+            Spoken::Prompts(names) => recorded(names),
+            Spoken::Text(text) => text
+                .get(&self.language, self.dialplan.language())
+                .map(|t| vec![PromptItem::Text(t.to_string())])
+                .unwrap_or_default(),
+        }
+    }
+
+    // --- menus and actions ------------------------------------------------------------------
+
     /// Counts a failed attempt; re-prompts, or runs the final action at `max_attempts`.
     fn fail(&mut self, failure: Failure) -> Vec<FlowAction> {
+        let mut actions = Vec::new();
+        self.close_turn(&mut actions);
         let Some(menu) = self.current_menu() else {
-            return self.hangup_now(HangupCause::Normal);
+            actions.extend(self.hangup_now(HangupCause::Normal));
+            return actions;
         };
         let max_attempts = menu.max_attempts;
         let final_action = menu.final_action.clone();
         let barge_in = menu.barge_in;
         let mut prompts = match failure {
-            Failure::NoInput => menu.no_input_prompts.clone(),
-            Failure::NoMatch => menu.no_match_prompts.clone(),
+            Failure::NoInput => recorded(&menu.no_input_prompts),
+            Failure::NoMatch => recorded(&menu.no_match_prompts),
+            Failure::Denied => Vec::new(),
         };
-        prompts.extend(menu.prompts.iter().cloned());
+        prompts.extend(recorded(&menu.prompts));
         self.failures = self.failures.saturating_add(1);
         if self.failures >= max_attempts {
-            return self.run_action(final_action, true);
+            actions.extend(self.run_action(final_action, true));
+        } else {
+            actions.extend(self.play(prompts, barge_in, After::Input));
         }
-        self.play(prompts, barge_in, After::Input)
+        actions
     }
 
     /// Runs an option's action, or a menu's final action (`is_final`).
@@ -401,22 +1011,22 @@ impl CallFlow {
             HangupCause::Normal
         };
         match action {
-            Action::Goto { menu } => self.enter_menu(&menu, Vec::new()),
-            Action::Play { prompts, then } => self.continue_to(then, prompts, cause),
+            Action::Goto { menu } => self.enter_menu(&menu, Vec::new(), None),
+            Action::Play { prompts, then } => self.continue_to(then, recorded(&prompts), cause),
             Action::Transfer { target, prompts } => {
                 if prompts.is_empty() {
                     self.transfer_now(target)
                 } else {
-                    self.play(prompts, false, After::Transfer(target))
+                    self.play(recorded(&prompts), false, After::Transfer(target))
                 }
             }
-            Action::Hangup { prompts } => self.hang_up_after(prompts, cause),
+            Action::Hangup { prompts } => self.hang_up_after(recorded(&prompts), cause),
             Action::OptOut { prompts, then } => {
                 if self.record.outcome == Outcome::InProgress {
                     self.record.outcome = Outcome::OptedOut;
                 }
                 let mut actions = vec![FlowAction::OptOut];
-                actions.extend(self.continue_to(then, prompts, HangupCause::Normal));
+                actions.extend(self.continue_to(then, recorded(&prompts), HangupCause::Normal));
                 actions
             }
         }
@@ -426,21 +1036,30 @@ impl CallFlow {
     fn continue_to(
         &mut self,
         then: Next,
-        prompts: Vec<String>,
+        prompts: Vec<PromptItem>,
         cause: HangupCause,
     ) -> Vec<FlowAction> {
         match then {
-            Next::Menu(menu) => self.enter_menu(&menu, prompts),
+            Next::Menu(menu) => self.enter_menu(&menu, prompts, None),
             Next::Hangup => self.hang_up_after(prompts, cause),
         }
     }
 
-    /// Enters `name`: records it, resets attempts and plays `preamble` + its prompt.
-    fn enter_menu(&mut self, name: &str, preamble: Vec<String>) -> Vec<FlowAction> {
+    /// Enters `name`: records it, resets attempts and plays `preamble` + its prompt (or
+    /// `instead` of its prompt: the "anything else?" after an answer).
+    fn enter_menu(
+        &mut self,
+        name: &str,
+        preamble: Vec<PromptItem>,
+        instead: Option<Vec<PromptItem>>,
+    ) -> Vec<FlowAction> {
+        let mut actions = Vec::new();
+        self.close_turn(&mut actions);
         let Some(menu) = self.dialplan.menu(name) else {
             // A loaded dialplan has no dangling menu names; end the call rather than hang.
             tracing::error!(menu = name, "dialplan refers to a missing menu");
-            return self.hang_up_after(preamble, HangupCause::Normal);
+            actions.extend(self.hang_up_after(preamble, HangupCause::Normal));
+            return actions;
         };
         let (after, interruptible) = match &menu.kind {
             MenuKind::Choice { .. } => (After::Input, menu.barge_in),
@@ -451,45 +1070,77 @@ impl CallFlow {
             ),
         };
         let mut prompts = preamble;
-        prompts.extend(menu.prompts.iter().cloned());
-        self.note_menu_entry(name);
-        self.play(prompts, interruptible, after)
+        match instead {
+            Some(items) if !items.is_empty() => prompts.extend(items),
+            _ => prompts.extend(recorded(&menu.prompts)),
+        }
+        self.note_entry(name, None);
+        actions.extend(self.play(prompts, interruptible, after));
+        actions
     }
 
-    fn note_menu_entry(&mut self, name: &str) {
+    /// Records entering menu `name` (shown in the path as `shown`, default its name).
+    fn note_entry(&mut self, name: &str, shown: Option<String>) {
         self.menu = name.to_string();
         self.failures = 0;
-        self.record.path.push(name.to_string());
+        self.record
+            .path
+            .push(shown.unwrap_or_else(|| name.to_string()));
         self.record.final_menu = Some(name.to_string());
     }
 
-    fn play(&mut self, prompts: Vec<String>, interruptible: bool, after: After) -> Vec<FlowAction> {
+    /// Starts a playback; an interruptible one that leads to input opens a recognition turn
+    /// at once, so the caller can talk over it.
+    fn play(
+        &mut self,
+        prompts: Vec<PromptItem>,
+        interruptible: bool,
+        after: After,
+    ) -> Vec<FlowAction> {
+        let mut actions = Vec::new();
+        if !interruptible {
+            // Nothing can be said over this prompt; a confirmation waits for its end.
+            self.close_turn_keeping_confirmation(&mut actions);
+        }
         self.last_playback = self.last_playback.wrapping_add(1);
         let playback = self.last_playback;
         self.state = State::Playing {
             playback,
             interruptible,
-            after,
+            after: after.clone(),
         };
-        vec![FlowAction::Play {
+        actions.push(FlowAction::Play {
             playback,
             prompts,
             interruptible,
-        }]
+        });
+        if interruptible {
+            actions.extend(self.open_turn(&after));
+        }
+        actions
     }
 
     fn after_playback(&mut self, after: After, now: Instant) -> Vec<FlowAction> {
         match after {
             After::Input => {
-                let wait = self
+                // A prompt that could not be interrupted opens its turn now.
+                let mut actions = Vec::new();
+                if self.turn.is_none() {
+                    actions = self.open_turn(&After::Input);
+                }
+                let menu_wait = self
                     .current_menu()
                     .map_or(Duration::ZERO, |m| m.no_input_timeout);
+                let wait = match (&self.turn, self.speech()) {
+                    (Some(_), Some(speech)) => speech.no_input_timeout.unwrap_or(menu_wait),
+                    _ => menu_wait,
+                };
                 self.state = State::Waiting {
                     deadline: deadline(now, wait),
                 };
-                Vec::new()
+                actions
             }
-            After::Continue(Next::Menu(menu)) => self.enter_menu(&menu, Vec::new()),
+            After::Continue(Next::Menu(menu)) => self.enter_menu(&menu, Vec::new(), None),
             After::Continue(Next::Hangup) => self.hang_up_after(Vec::new(), HangupCause::Normal),
             After::Hangup(cause) => self.hangup_now(cause),
             After::Transfer(target) => self.transfer_now(target),
@@ -497,7 +1148,7 @@ impl CallFlow {
     }
 
     /// Decides to end the call: plays `prompts` (not interruptible), then hangs up.
-    fn hang_up_after(&mut self, prompts: Vec<String>, cause: HangupCause) -> Vec<FlowAction> {
+    fn hang_up_after(&mut self, prompts: Vec<PromptItem>, cause: HangupCause) -> Vec<FlowAction> {
         if self.record.outcome == Outcome::InProgress {
             self.record.outcome = match cause {
                 HangupCause::Normal => Outcome::Completed,
@@ -512,15 +1163,38 @@ impl CallFlow {
     }
 
     fn hangup_now(&mut self, cause: HangupCause) -> Vec<FlowAction> {
+        let mut actions = Vec::new();
+        self.close_turn(&mut actions);
         self.state = State::Finished;
-        vec![FlowAction::Hangup { cause }]
+        actions.push(FlowAction::Hangup { cause });
+        actions
     }
 
     fn transfer_now(&mut self, target: String) -> Vec<FlowAction> {
+        let mut actions = Vec::new();
+        self.close_turn(&mut actions);
         self.state = State::Finished;
         self.record.outcome = Outcome::Transferred(target.clone());
-        vec![FlowAction::Transfer { target }]
+        actions.push(FlowAction::Transfer { target });
+        actions
     }
+}
+
+/// Adds a target's phrases to a turn under the target's index; a target none of whose
+/// phrases is free (all taken by nearer menus) is left out.
+fn add_target(turn: &mut Turn, phrases: &[String], target: VoiceTarget) {
+    let id = turn.targets.len().to_string();
+    let mut added = false;
+    for phrase in phrases {
+        added |= turn.set.add(&id, phrase).is_ok();
+    }
+    if added {
+        turn.targets.push(target);
+    }
+}
+
+fn recorded(names: &[String]) -> Vec<PromptItem> {
+    names.iter().cloned().map(PromptItem::Recorded).collect()
 }
 
 /// `now + wait`, saturating instead of panicking on an (absurd) overflow.
@@ -544,12 +1218,17 @@ mod tests {
         }
     }
 
-    /// A call driven by a simulated clock, tracking what the shell would be playing.
+    /// A call driven by a simulated clock, tracking what the shell would be playing and
+    /// whether a recognition turn is open (checking both protocols on every action).
     struct Sim {
         flow: CallFlow,
         now: Instant,
-        playing: Option<(u64, Vec<String>, bool)>,
+        playing: Option<(u64, Vec<PromptItem>, bool)>,
         opted_out: bool,
+        /// The open turn's grammar.
+        listening: Option<Vec<String>>,
+        /// Every action of the last event, speech ones included.
+        raw: Vec<FlowAction>,
     }
 
     impl Sim {
@@ -559,6 +1238,8 @@ mod tests {
                 now: Instant::now(),
                 playing: None,
                 opted_out: false,
+                listening: None,
+                raw: Vec::new(),
             }
         }
 
@@ -590,15 +1271,41 @@ mod tests {
                     FlowAction::OptOut => self.opted_out = true,
                     FlowAction::Transfer { .. } | FlowAction::Hangup { .. } => {
                         assert!(self.playing.is_none(), "call ended while a prompt plays");
+                        assert!(self.listening.is_none(), "call ended while listening");
+                    }
+                    FlowAction::Listen { grammar, .. } => {
+                        assert!(self.listening.is_none(), "Listen while a turn is open");
+                        self.listening = Some(grammar.clone());
+                    }
+                    FlowAction::StopListening => {
+                        assert!(
+                            self.listening.take().is_some(),
+                            "StopListening without a turn"
+                        );
                     }
                 }
             }
+            assert_eq!(self.flow.is_listening(), self.listening.is_some());
+        }
+
+        /// Tracks `actions` and returns them without the speech ones (Listen,
+        /// StopListening), so key tests read as they did before speech.
+        fn keep(&mut self, actions: Vec<FlowAction>) -> Vec<FlowAction> {
+            self.track(&actions);
+            self.raw = actions.clone();
+            actions
+                .into_iter()
+                .filter(|a| !matches!(a, FlowAction::Listen { .. } | FlowAction::StopListening))
+                .collect()
         }
 
         fn send(&mut self, event: FlowEvent) -> Vec<FlowAction> {
+            if event == FlowEvent::Hangup {
+                // The shell drops the recogniser with the call; no StopListening is owed.
+                self.listening = None;
+            }
             let actions = self.flow.handle(event, self.now);
-            self.track(&actions);
-            actions
+            self.keep(actions)
         }
 
         fn answer(&mut self) -> Vec<FlowAction> {
@@ -620,8 +1327,7 @@ mod tests {
             let actions = self
                 .flow
                 .handle(FlowEvent::PlaybackFinished { playback }, self.now);
-            self.track(&actions);
-            actions
+            self.keep(actions)
         }
 
         fn finish(&mut self) -> Vec<FlowAction> {
@@ -638,14 +1344,13 @@ mod tests {
             assert!(deadline >= self.now);
             self.now = deadline;
             let actions = self.flow.handle_timeout(self.now);
-            self.track(&actions);
-            actions
+            self.keep(actions)
         }
 
-        fn prompts(&self) -> Vec<&str> {
+        fn prompts(&self) -> Vec<String> {
             self.playing
                 .as_ref()
-                .map(|(_, p, _)| p.iter().map(String::as_str).collect())
+                .map(|(_, p, _)| shown(p))
                 .unwrap_or_default()
         }
 
@@ -662,19 +1367,30 @@ mod tests {
             let mut sim = Self::new(text);
             sim.answer();
             sim.finish();
-            assert_eq!(sim.prompts(), vec!["main-menu"]);
+            if text == DEMO {
+                assert_eq!(sim.prompts(), vec!["main-menu"]);
+            }
             sim.finish();
             sim
         }
     }
 
-    fn play_of(actions: &[FlowAction]) -> Vec<&str> {
+    /// Prompt names, and TTS texts as "tts:<text>".
+    fn shown(items: &[PromptItem]) -> Vec<String> {
+        items
+            .iter()
+            .map(|p| match p {
+                PromptItem::Recorded(name) => name.clone(),
+                PromptItem::Text(text) => format!("tts:{text}"),
+            })
+            .collect()
+    }
+
+    fn play_of(actions: &[FlowAction]) -> Vec<String> {
         actions
             .iter()
             .find_map(|a| match a {
-                FlowAction::Play { prompts, .. } => {
-                    Some(prompts.iter().map(String::as_str).collect())
-                }
+                FlowAction::Play { prompts, .. } => Some(shown(prompts)),
                 _ => None,
             })
             .unwrap_or_default()
@@ -688,7 +1404,7 @@ mod tests {
             actions,
             vec![FlowAction::Play {
                 playback: 1,
-                prompts: vec!["greeting".into()],
+                prompts: vec![PromptItem::Recorded("greeting".into())],
                 interruptible: true
             }]
         );
@@ -1398,11 +2114,742 @@ options.0 = { transfer = "agents" }
                     "main".into()
                 ],
                 digits: "732*9".into(),
+                transcripts: vec![],
                 outcome: Outcome::OptedOut,
                 final_menu: Some("main".into()),
             }
         );
         assert!(sim.flow.is_finished());
+    }
+
+    // --- speech -------------------------------------------------------------------------
+
+    const SPEECH: &str = r#"entry = "hello"
+[speech]
+confidence = 0.6
+reject_below = 0.3
+[defaults]
+no_input_prompt = "ni"
+no_match_prompt = "nm"
+anything_else_text = "Anything else?"
+[menus.hello]
+prompt = "hi"
+next = "m"
+[menus.m]
+prompt = "pm"
+[menus.m.options]
+1 = { play = "bal", say = ["check balance", "balance"] }
+2 = { play = "blocked", say = ["lost card", "stolen card"], label = "a lost card" }
+3 = { goto = "sub", say = "credit card" }
+0 = { transfer = "agents", prompt = "hold", say = ["agent", "representative"] }
+[[menus.m.answers]]
+say = ["opening hours", "when are you open"]
+answer_text = "We are open nine to five."
+[[menus.m.answers]]
+say = "fees"
+answer = "fees"
+then = "anything-else"
+[menus.sub]
+prompt = "ps"
+[menus.sub.options]
+1 = { play = "due", say = "repayment date" }
+"*" = { goto = "m", say = "main menu" }
+"#;
+
+    impl Sim {
+        fn speak(&mut self) -> Vec<FlowAction> {
+            self.send(FlowEvent::SpeechStarted)
+        }
+
+        /// A transcript with one confidence for the utterance and no per-word ones.
+        fn say(&mut self, text: &str, confidence: f32) -> Vec<FlowAction> {
+            self.send(FlowEvent::Transcript {
+                text: text.to_string(),
+                confidence,
+                words: Vec::new(),
+            })
+        }
+
+        fn grammar(&self) -> Vec<String> {
+            self.listening.clone().expect("a turn is open")
+        }
+    }
+
+    fn spoken(menu: &str, text: &str, matched: Option<&str>) -> (String, String, Option<String>) {
+        (menu.into(), text.into(), matched.map(String::from))
+    }
+
+    fn transcripts(sim: &Sim) -> Vec<(String, String, Option<String>)> {
+        sim.record()
+            .transcripts
+            .iter()
+            .map(|t| (t.menu.clone(), t.text.clone(), t.matched.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn menu_listens_from_the_start_of_an_interruptible_prompt() {
+        let mut sim = Sim::new(SPEECH);
+        let actions = sim.flow.handle(FlowEvent::Answered, sim.now);
+        sim.keep(actions.clone());
+        // The greeting listens with the grammar of the menu it leads to (plus say-anything).
+        assert!(matches!(
+            actions.as_slice(),
+            [FlowAction::Play { .. }, FlowAction::Listen { .. }]
+        ));
+        let FlowAction::Listen {
+            grammar,
+            language,
+            end_silence,
+        } = &actions[1]
+        else {
+            unreachable!()
+        };
+        assert_eq!(language, "en");
+        assert_eq!(*end_silence, Duration::from_millis(600));
+        assert_eq!(grammar.last().map(String::as_str), Some("[unk]"));
+        for phrase in ["lost card", "agent", "opening hours", "repayment date"] {
+            assert!(
+                grammar.iter().any(|g| g == phrase),
+                "{phrase} in {grammar:?}"
+            );
+        }
+        assert!(
+            !grammar.iter().any(|g| g == "main menu"),
+            "sub's way back to m is left out of m's grammar"
+        );
+        // The greeting ends: its turn closes, the menu's opens with its prompt.
+        sim.finish();
+        assert_eq!(
+            sim.raw,
+            vec![
+                FlowAction::StopListening,
+                FlowAction::Play {
+                    playback: 2,
+                    prompts: vec![PromptItem::Recorded("pm".into())],
+                    interruptible: true
+                },
+                FlowAction::Listen {
+                    grammar: grammar.clone(),
+                    language: "en".into(),
+                    end_silence: Duration::from_millis(600)
+                },
+            ]
+        );
+        // The prompt ends: the turn stays open and the no-input timer starts.
+        sim.finish();
+        assert!(sim.raw.is_empty(), "{:?}", sim.raw);
+        assert!(sim.flow.is_listening());
+        assert_eq!(sim.flow.poll_timeout(), Some(sim.now + SECOND * 5));
+    }
+
+    #[test]
+    fn prompt_without_barge_in_listens_only_after_it() {
+        let mut sim =
+            Sim::new(&SPEECH.replace("prompt = \"pm\"\n", "prompt = \"pm\"\nbarge_in = false\n"));
+        sim.answer();
+        sim.finish();
+        assert_eq!(sim.prompts(), vec!["pm"]);
+        assert!(!sim.interruptible());
+        assert!(
+            sim.listening.is_none(),
+            "nothing can be said over this prompt"
+        );
+        assert!(sim.speak().is_empty(), "speech over it is not a barge-in");
+        assert_eq!(sim.prompts(), vec!["pm"], "still playing");
+        sim.finish();
+        assert!(matches!(sim.raw.as_slice(), [FlowAction::Listen { .. }]));
+        assert!(sim.grammar().contains(&"lost card".to_string()));
+    }
+
+    #[test]
+    fn speech_selects_an_option() {
+        let mut sim = Sim::at_main_menu(DEMO);
+        let actions = sim.say("I want to check my balance", 0.9);
+        assert_eq!(play_of(&actions), vec!["balance", "main-menu"]);
+        assert_eq!(sim.raw.first(), Some(&FlowAction::StopListening));
+        assert!(
+            matches!(sim.raw.last(), Some(FlowAction::Listen { .. })),
+            "the menu listens again with the answer"
+        );
+        assert_eq!(
+            sim.record().path,
+            vec!["greeting", "main(voice:balance)", "main"]
+        );
+        assert_eq!(sim.record().digits, "");
+        assert_eq!(
+            transcripts(&sim),
+            vec![spoken("main", "I want to check my balance", Some("main:1"))]
+        );
+        let t = &sim.record().transcripts[0];
+        assert!(
+            (t.confidence - 0.9).abs() < 1e-6 && (t.score - 0.9).abs() < 1e-6,
+            "{t:?}"
+        );
+        // Transfer by voice: hold prompt (no turn during it), then transfer.
+        let actions = sim.say("representative please", 0.95);
+        assert_eq!(sim.raw.first(), Some(&FlowAction::StopPlayback));
+        assert_eq!(play_of(&actions), vec!["please-hold"]);
+        assert!(sim.listening.is_none());
+        assert_eq!(
+            sim.finish(),
+            vec![FlowAction::Transfer {
+                target: "agents".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn say_anything_at_the_greeting_jumps_to_the_option() {
+        let mut sim = Sim::demo();
+        sim.answer();
+        assert_eq!(sim.speak(), vec![FlowAction::StopPlayback]);
+        let actions = sim.say("I lost my card", 0.92);
+        assert_eq!(play_of(&actions), vec!["card-blocked", "main-menu"]);
+        assert_eq!(
+            sim.record().path,
+            vec!["greeting", "main(voice:lost card)", "main"]
+        );
+        assert_eq!(
+            sim.record().path[..2].join(">"),
+            "greeting>main(voice:lost card)"
+        );
+        assert_eq!(
+            transcripts(&sim),
+            vec![spoken("greeting", "I lost my card", Some("main:2"))]
+        );
+
+        // A phrase of a deeper menu runs that menu's option as if the caller had gone there.
+        let mut sim = Sim::demo();
+        sim.answer();
+        let actions = sim.say("my repayment date", 0.9);
+        assert_eq!(
+            sim.raw.first(),
+            Some(&FlowAction::StopPlayback),
+            "barge-in without SpeechStarted"
+        );
+        assert_eq!(play_of(&actions), vec!["repayment-date", "credit-menu"]);
+        assert_eq!(
+            sim.record().path,
+            vec!["greeting", "credit(voice:repayment date)", "credit"]
+        );
+        assert_eq!(sim.record().final_menu.as_deref(), Some("credit"));
+        // Only the opening menus understand everything: credit has its own phrases.
+        sim.finish();
+        let actions = sim.say("lost card", 0.95);
+        assert_eq!(play_of(&actions), vec!["no-match", "credit-menu"]);
+        assert_eq!(sim.record().transcripts[1].matched, None);
+    }
+
+    #[test]
+    fn say_anything_can_be_switched_off() {
+        let text = DEMO.replace("say_anything = true", "say_anything = false");
+        assert_ne!(text, DEMO, "the demo sets say_anything");
+        let mut sim = Sim::new(&text);
+        sim.answer();
+        assert!(!sim.grammar().contains(&"repayment date".to_string()));
+        let actions = sim.say("repayment date", 0.9);
+        assert_eq!(play_of(&actions), vec!["no-match", "main-menu"]);
+        assert_eq!(sim.record().path, vec!["greeting", "main"]);
+    }
+
+    #[test]
+    fn speech_over_the_greeting_that_matches_nothing_counts_in_the_main_menu() {
+        let mut sim = Sim::demo();
+        sim.answer();
+        sim.speak();
+        let actions = sim.say("what's the weather like", 0.9);
+        assert_eq!(play_of(&actions), vec!["no-match", "main-menu"]);
+        assert_eq!(sim.record().path, vec!["greeting", "main"]);
+        assert_eq!(
+            transcripts(&sim),
+            vec![spoken("greeting", "what's the weather like", None)]
+        );
+    }
+
+    #[test]
+    fn barge_in_on_speech_stops_an_interruptible_prompt_only() {
+        let mut sim = Sim::new(SPEECH);
+        sim.answer();
+        sim.finish();
+        assert!(sim.interruptible());
+        let actions = sim.speak();
+        assert_eq!(actions, vec![FlowAction::StopPlayback]);
+        assert!(sim.playing.is_none());
+        assert!(
+            sim.flow.is_listening(),
+            "the turn stays open for the transcript"
+        );
+        assert_eq!(sim.flow.poll_timeout(), Some(sim.now + TRANSCRIPT_WAIT));
+        assert!(sim.speak().is_empty(), "a second onset changes nothing");
+
+        // The hold prompt before a transfer cannot be interrupted: no turn, no barge-in.
+        let mut sim = Sim::at_main_menu(SPEECH);
+        sim.press("0");
+        assert!(!sim.interruptible());
+        assert!(sim.speak().is_empty());
+        assert_eq!(sim.prompts(), vec!["hold"]);
+        assert!(sim.say("agent", 0.9).is_empty());
+        assert!(sim.record().transcripts.is_empty(), "nothing was listening");
+    }
+
+    #[test]
+    fn low_confidence_asks_to_confirm_and_yes_proceeds() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        let actions = sim.say("stolen card", 0.45);
+        assert_eq!(play_of(&actions), vec!["tts:Did you say a lost card?"]);
+        assert!(sim.interruptible());
+        let grammar = sim.grammar();
+        for word in ["yes", "yeah", "correct", "no", "nope", "[unk]"] {
+            assert!(grammar.iter().any(|g| g == word), "{word} in {grammar:?}");
+        }
+        assert!(!grammar.iter().any(|g| g == "lost card"));
+        assert_eq!(sim.record().path, vec!["hello", "m"], "nothing chosen yet");
+        sim.finish();
+        let actions = sim.say("yeah", 0.8);
+        assert_eq!(play_of(&actions), vec!["blocked", "pm"]);
+        assert_eq!(
+            sim.record().path,
+            vec!["hello", "m(voice:a lost card)", "m"]
+        );
+        assert_eq!(
+            transcripts(&sim),
+            vec![
+                spoken("m", "stolen card", Some("m:2")),
+                spoken("m", "yeah", Some("yes"))
+            ]
+        );
+        assert!((sim.record().transcripts[0].score - 0.45).abs() < 1e-6);
+    }
+
+    #[test]
+    fn confirmation_no_reprompts_the_menu_and_counts_as_an_attempt() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        sim.say("lost card", 0.5);
+        let actions = sim.say("no", 0.9);
+        assert_eq!(play_of(&actions), vec!["pm"], "the menu again, no apology");
+        assert!(
+            sim.grammar().contains(&"lost card".to_string()),
+            "the menu's grammar again"
+        );
+        assert_eq!(sim.record().transcripts[1].matched.as_deref(), Some("no"));
+        sim.finish();
+        sim.say("nope nothing", 0.1); // 2: below reject_below
+        sim.finish();
+        sim.say("lost card", 0.5);
+        let actions = sim.say("nope", 0.9); // 3: attempts used up
+        assert_eq!(
+            actions,
+            vec![
+                FlowAction::StopPlayback,
+                FlowAction::Hangup {
+                    cause: HangupCause::AttemptsExhausted
+                }
+            ]
+        );
+        assert_eq!(sim.record().outcome, Outcome::AttemptsExhausted);
+    }
+
+    #[test]
+    fn confirmation_by_keys_one_is_yes_two_is_no() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        sim.say("credit card", 0.4);
+        let actions = sim.press("1");
+        assert_eq!(
+            sim.raw[..2],
+            [FlowAction::StopPlayback, FlowAction::StopListening]
+        );
+        assert_eq!(play_of(&actions), vec!["ps"]);
+        assert_eq!(
+            sim.record().path,
+            vec!["hello", "m(voice:credit card)", "sub"]
+        );
+
+        let mut sim = Sim::at_main_menu(SPEECH);
+        sim.say("credit card", 0.4);
+        sim.finish();
+        let actions = sim.press("2");
+        assert_eq!(play_of(&actions), vec!["pm"]);
+        let mut sim = Sim::at_main_menu(SPEECH);
+        sim.say("credit card", 0.4);
+        let actions = sim.press("5");
+        assert_eq!(play_of(&actions), vec!["nm", "pm"]);
+        assert_eq!(sim.record().digits, "5");
+    }
+
+    #[test]
+    fn confirmation_silence_is_no_input() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        sim.say("balance", 0.55); // exact phrase, low confidence: confirm
+        assert_eq!(sim.prompts(), vec!["tts:Did you say check balance?"]);
+        sim.finish();
+        let actions = sim.time_out();
+        assert_eq!(play_of(&actions), vec!["ni", "pm"]);
+        assert!(sim.grammar().contains(&"check balance".to_string()));
+    }
+
+    #[test]
+    fn below_reject_or_unrelated_speech_is_a_no_match() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        let actions = sim.say("lost card", 0.2);
+        assert_eq!(play_of(&actions), vec!["nm", "pm"]);
+        let actions = sim.say("pizza delivery", 0.99);
+        assert_eq!(sim.raw.first(), Some(&FlowAction::StopPlayback));
+        assert_eq!(play_of(&actions), vec!["nm", "pm"]);
+        let actions = sim.say("[unk]", 0.99); // 3rd failure: final action (hang up)
+        assert!(actions.contains(&FlowAction::Hangup {
+            cause: HangupCause::AttemptsExhausted
+        }));
+        assert_eq!(
+            transcripts(&sim),
+            vec![
+                spoken("m", "lost card", None),
+                spoken("m", "pizza delivery", None),
+                spoken("m", "[unk]", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn per_word_confidences_decide_over_the_utterance_confidence() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        let actions = sim.send(FlowEvent::Transcript {
+            text: "lost card".into(),
+            confidence: 0.95,
+            words: vec![("lost".into(), 0.4), ("card".into(), 0.5)],
+        });
+        assert_eq!(play_of(&actions), vec!["tts:Did you say a lost card?"]);
+    }
+
+    #[test]
+    fn speech_timeout_is_no_input_then_the_final_action() {
+        let mut sim = Sim::new(SPEECH);
+        sim.answer();
+        sim.finish();
+        assert!(
+            sim.send(FlowEvent::SpeechTimeout).is_empty(),
+            "ignored while the prompt plays"
+        );
+        sim.finish();
+        let actions = sim.send(FlowEvent::SpeechTimeout);
+        assert_eq!(play_of(&actions), vec!["ni", "pm"]);
+        assert_eq!(sim.raw.first(), Some(&FlowAction::StopListening));
+        sim.finish();
+        sim.press("7"); // keys and speech share the attempts
+        sim.finish();
+        let actions = sim.send(FlowEvent::SpeechTimeout);
+        assert_eq!(
+            actions,
+            vec![FlowAction::Hangup {
+                cause: HangupCause::AttemptsExhausted
+            }]
+        );
+        assert_eq!(sim.record().outcome, Outcome::AttemptsExhausted);
+        assert!(sim.send(FlowEvent::SpeechTimeout).is_empty());
+    }
+
+    #[test]
+    fn missing_transcript_after_speech_started_is_no_input() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        sim.speak();
+        assert_eq!(sim.flow.poll_timeout(), Some(sim.now + TRANSCRIPT_WAIT));
+        let actions = sim.time_out();
+        assert_eq!(play_of(&actions), vec!["ni", "pm"]);
+        // Over the greeting: the silence counts in the menu it leads to.
+        let mut sim = Sim::new(SPEECH);
+        sim.answer();
+        sim.speak();
+        let actions = sim.time_out();
+        assert_eq!(play_of(&actions), vec!["ni", "pm"]);
+        assert_eq!(sim.record().path, vec!["hello", "m"]);
+    }
+
+    #[test]
+    fn speech_no_input_timeout_applies_where_the_menu_listens() {
+        let text = SPEECH.replace(
+            "reject_below = 0.3\n",
+            "reject_below = 0.3\nno_input_timeout = 8\n",
+        );
+        let sim = Sim::at_main_menu(&text);
+        assert_eq!(sim.flow.poll_timeout(), Some(sim.now + SECOND * 8));
+        // A menu without phrases keeps its own timeout.
+        let mut sim = Sim::at_main_menu(
+            &text
+                .replace(
+                    "\"*\" = { goto = \"m\", say = \"main menu\" }",
+                    "\"*\" = { goto = \"m\" }",
+                )
+                .replace(
+                    "1 = { play = \"due\", say = \"repayment date\" }",
+                    "1 = { play = \"due\" }",
+                ),
+        );
+        sim.press("3");
+        sim.finish();
+        assert!(sim.listening.is_none(), "sub has no phrases");
+        assert_eq!(sim.flow.poll_timeout(), Some(sim.now + SECOND * 5));
+    }
+
+    #[test]
+    fn key_during_listening_wins() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        sim.speak();
+        let actions = sim.press("2");
+        assert_eq!(sim.raw.first(), Some(&FlowAction::StopListening));
+        assert_eq!(play_of(&actions), vec!["blocked", "pm"]);
+        assert_eq!(sim.record().path, vec!["hello", "m", "m"], "no voice mark");
+        // During the prompt: stop it, close the turn, act on the key.
+        let actions = sim.press("3");
+        assert_eq!(
+            sim.raw[..2],
+            [FlowAction::StopPlayback, FlowAction::StopListening]
+        );
+        assert_eq!(play_of(&actions), vec!["ps"]);
+        // A key while the caller talks over the greeting counts in the menu it leads to.
+        let mut sim = Sim::new(SPEECH);
+        sim.answer();
+        sim.speak();
+        let actions = sim.press("1");
+        assert_eq!(play_of(&actions), vec!["bal", "pm"]);
+        assert_eq!(sim.record().path, vec!["hello", "m", "m"]);
+        // A multi-digit wait does not listen; no-match after it listens again.
+        let mut sim = Sim::at_main_menu(&SPEECH.replace("3 = { goto", "34 = { goto"));
+        assert!(sim.press("3").is_empty());
+        assert!(sim.listening.is_none());
+        assert!(sim.speak().is_empty() && sim.say("balance", 1.0).is_empty());
+        let actions = sim.time_out();
+        assert_eq!(play_of(&actions), vec!["nm", "pm"]);
+        assert!(sim.listening.is_some());
+    }
+
+    #[test]
+    fn faq_answer_then_back_to_the_menu() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        let actions = sim.say("when are you open", 0.9);
+        assert_eq!(
+            play_of(&actions),
+            vec!["tts:We are open nine to five.", "pm"]
+        );
+        assert!(sim.interruptible());
+        assert_eq!(
+            sim.record().path,
+            vec!["hello", "m(voice:opening hours)", "m"]
+        );
+        assert_eq!(
+            sim.record().transcripts[0].matched.as_deref(),
+            Some("m:opening hours")
+        );
+        // The answer can be interrupted like any prompt that leads to input.
+        let actions = sim.say("balance please", 1.0);
+        assert_eq!(play_of(&actions), vec!["bal", "pm"]);
+    }
+
+    #[test]
+    fn faq_answer_then_anything_else() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        let actions = sim.say("the fees please", 0.9);
+        assert_eq!(play_of(&actions), vec!["fees", "tts:Anything else?"]);
+        assert_eq!(sim.record().path, vec!["hello", "m(voice:fees)", "m"]);
+        sim.finish();
+        assert!(sim.flow.poll_timeout().is_some(), "waiting in m");
+        // Silence after "anything else?" re-prompts with the menu prompt.
+        let actions = sim.time_out();
+        assert_eq!(play_of(&actions), vec!["ni", "pm"]);
+        // FAQ answers are reachable from the greeting too (say-anything).
+        let mut sim = Sim::new(SPEECH);
+        sim.answer();
+        let actions = sim.say("opening hours", 0.9);
+        assert_eq!(
+            play_of(&actions),
+            vec!["tts:We are open nine to five.", "pm"]
+        );
+        assert_eq!(
+            sim.record().path,
+            vec!["hello", "m(voice:opening hours)", "m"]
+        );
+    }
+
+    #[test]
+    fn dialplan_without_phrases_never_listens() {
+        let mut sim = Sim::new(MULTI);
+        let mut all = sim.flow.handle(FlowEvent::Answered, sim.now);
+        sim.keep(all.clone());
+        all.extend(sim.finish());
+        all.extend(sim.press("9"));
+        all.extend(sim.speak());
+        all.extend(sim.say("one", 1.0));
+        all.extend(sim.send(FlowEvent::SpeechTimeout));
+        sim.finish();
+        all.extend(sim.time_out());
+        all.extend(sim.raw.clone());
+        assert!(sim.flow.poll_timeout().is_none() || sim.listening.is_none());
+        assert!(
+            !all.iter()
+                .any(|a| matches!(a, FlowAction::Listen { .. } | FlowAction::StopListening)),
+            "{all:?}"
+        );
+        assert!(sim.record().transcripts.is_empty());
+        // Speech switched off keeps a dialplan with phrases to keys.
+        let mut sim = Sim::new(&SPEECH.replace("[speech]\n", "[speech]\nenabled = false\n"));
+        sim.answer();
+        assert!(sim.listening.is_none());
+        assert!(sim.speak().is_empty());
+    }
+
+    #[test]
+    fn call_language_picks_phrases_and_texts() {
+        let text = r#"entry = "m"
+[speech]
+confirm_text = { en = "Did you say {label}?", zh = "您是说{label}吗？" }
+[menus.m]
+prompt = "p"
+[menus.m.options]
+2 = { play = "blocked", say = { en = ["lost card"], zh = ["挂失 银行卡"] }, label = { zh = "挂失" } }
+[[menus.m.answers]]
+say = { zh = ["营业 时间"] }
+answer_text = { en = "Nine to five.", zh = "九点到五点。" }
+"#;
+        let mut sim = Sim::new(text);
+        sim.flow.set_language("fr"); // unknown: ignored
+        assert_eq!(sim.flow.language(), "en");
+        sim.answer();
+        assert_eq!(sim.grammar(), vec!["lost card", "[unk]"]);
+
+        let mut sim = Sim::new(text);
+        sim.flow.set_language("zh");
+        let actions = sim.flow.handle(FlowEvent::Answered, sim.now);
+        sim.keep(actions.clone());
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, FlowAction::Listen { language, .. } if language == "zh")));
+        assert_eq!(sim.grammar(), vec!["挂失 银行卡", "营业 时间", "[unk]"]);
+        let actions = sim.say("我 要 挂失 银行卡", 0.5);
+        assert_eq!(play_of(&actions), vec!["tts:您是说挂失吗？"]);
+        assert!(sim.grammar().contains(&"是的".to_string()));
+        let actions = sim.say("是的", 0.9);
+        assert_eq!(play_of(&actions), vec!["blocked", "p"]);
+        assert_eq!(sim.record().path, vec!["m(voice:挂失)", "m"]);
+        let actions = sim.say("营业 时间", 0.9);
+        assert_eq!(play_of(&actions), vec!["tts:九点到五点。", "p"]);
+    }
+
+    #[test]
+    fn speech_events_outside_a_turn_are_ignored() {
+        let mut sim = Sim::new(SPEECH);
+        assert!(sim.speak().is_empty());
+        assert!(sim.say("lost card", 1.0).is_empty());
+        assert!(sim.send(FlowEvent::SpeechTimeout).is_empty());
+        assert!(sim.record().transcripts.is_empty());
+        sim.answer();
+        sim.send(FlowEvent::Hangup);
+        assert!(sim
+            .flow
+            .handle(FlowEvent::SpeechStarted, sim.now)
+            .is_empty());
+        assert!(sim
+            .flow
+            .handle(
+                FlowEvent::Transcript {
+                    text: "agent".into(),
+                    confidence: 1.0,
+                    words: vec![]
+                },
+                sim.now
+            )
+            .is_empty());
+        assert!(!sim.flow.is_listening());
+        assert!(sim.record().transcripts.is_empty());
+    }
+
+    #[test]
+    fn odd_transcripts_are_bounded_and_never_trusted() {
+        let mut sim = Sim::at_main_menu(SPEECH);
+        let long = "lost card ".repeat(200);
+        let actions = sim.send(FlowEvent::Transcript {
+            text: long,
+            confidence: f32::NAN,
+            words: vec![("card".into(), f32::INFINITY); 1000],
+        });
+        assert!(!actions.is_empty());
+        let t = &sim.record().transcripts[0];
+        assert!(t.text.chars().count() <= 500);
+        assert_eq!(t.confidence, 0.0);
+        assert!((0.0..=1.0).contains(&t.score));
+        // An empty transcript is silence.
+        let mut sim = Sim::at_main_menu(SPEECH);
+        let actions = sim.say("   ", 0.9);
+        assert_eq!(play_of(&actions), vec!["ni", "pm"]);
+    }
+
+    #[test]
+    fn every_demo_option_works_by_voice() {
+        for (phrase, prompts, path_mark) in [
+            (
+                "check my balance please",
+                vec!["balance", "main-menu"],
+                "main(voice:balance)",
+            ),
+            (
+                "my card was stolen",
+                vec!["card-blocked", "main-menu"],
+                "main(voice:lost card)",
+            ),
+            (
+                "credit card services",
+                vec!["credit-menu"],
+                "main(voice:credit card)",
+            ),
+            (
+                "speak to an agent",
+                vec!["please-hold"],
+                "main(voice:agent)",
+            ),
+            (
+                "stop calling me",
+                vec!["opt-out-confirmed", "goodbye"],
+                "main(voice:stop calls)",
+            ),
+        ] {
+            let mut sim = Sim::at_main_menu(DEMO);
+            let actions = sim.say(phrase, 0.95);
+            assert_eq!(play_of(&actions), prompts, "{phrase}");
+            assert_eq!(
+                sim.record().path.get(1).map(String::as_str),
+                Some(path_mark),
+                "{phrase}"
+            );
+        }
+        for (phrase, prompts) in [
+            ("repayment date", vec!["repayment-date", "credit-menu"]),
+            (
+                "increase my credit limit",
+                vec!["limit-increase", "credit-menu"],
+            ),
+            ("main menu", vec!["main-menu"]),
+        ] {
+            let mut sim = Sim::at_main_menu(DEMO);
+            sim.press("3");
+            sim.finish();
+            let actions = sim.say(phrase, 0.95);
+            assert_eq!(play_of(&actions), prompts, "{phrase}");
+        }
+    }
+
+    #[test]
+    fn demo_faq_answers_play_text_then_ask_for_anything_else() {
+        let mut sim = Sim::at_main_menu(DEMO);
+        let actions = sim.say("opening times", 0.9);
+        let shown = play_of(&actions);
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with("tts:") && shown[0].contains("9"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1].starts_with("tts:") && shown[1].to_lowercase().contains("anything else"),
+            "{shown:?}"
+        );
+        assert_eq!(sim.record().path.last().map(String::as_str), Some("main"));
     }
 
     mod fuzz {
@@ -1417,6 +2864,9 @@ options.0 = { transfer = "agents" }
             Wait(u64),
             Hangup,
             Answer,
+            SpeechStarted,
+            Transcript(String, f32),
+            SpeechTimeout,
         }
 
         fn step() -> impl Strategy<Value = Step> {
@@ -1425,27 +2875,51 @@ options.0 = { transfer = "agents" }
                     .prop_map(Step::Digit),
                 4 => Just(Step::Finish),
                 1 => (0u64..40).prop_map(Step::StaleFinish),
-                3 => (0u64..8000).prop_map(Step::Wait),
+                3 => (0u64..20000).prop_map(Step::Wait),
                 1 => Just(Step::Hangup),
                 1 => Just(Step::Answer),
+                2 => Just(Step::SpeechStarted),
+                3 => (
+                    prop_oneof![
+                        proptest::sample::select(vec![
+                            "lost card", "balance", "yes", "no", "agent", "credit card",
+                            "repayment date", "main menu", "opening hours", "stop calls",
+                            "[unk]", "", "what is the fee for a wire transfer",
+                        ]).prop_map(String::from),
+                        "\\PC{0,40}",
+                    ],
+                    prop_oneof![Just(f32::NAN), -1.0f32..2.0],
+                ).prop_map(|(t, c)| Step::Transcript(t, c)),
+                1 => Just(Step::SpeechTimeout),
             ]
         }
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(400))]
 
-            /// Random shells never make the flow panic, break the playback protocol or act
-            /// after it finished.
+            /// Random shells never make the flow panic, break the playback or listening
+            /// protocol, or act after it finished.
             #[test]
-            fn random_event_sequences_keep_the_protocol(steps in proptest::collection::vec(step(), 0..80)) {
-                let mut flow = CallFlow::new(plan(DEMO));
+            fn random_event_sequences_keep_the_protocol(
+                steps in proptest::collection::vec(step(), 0..80),
+                barge_in in any::<bool>(),
+            ) {
+                // Without barge-in, turns open when prompts end instead of when they start.
+                let text = if barge_in { DEMO.to_string() } else { DEMO.replace("barge_in = true", "barge_in = false") };
+                let mut flow = CallFlow::new(plan(&text));
                 let mut now = Instant::now();
                 let mut playing: Option<u64> = None;
-                flow.handle(FlowEvent::Answered, now).into_iter().for_each(|a| {
-                    if let FlowAction::Play { playback, .. } = a { playing = Some(playback); }
-                });
+                let mut listening = false;
+                for a in flow.handle(FlowEvent::Answered, now) {
+                    match a {
+                        FlowAction::Play { playback, .. } => playing = Some(playback),
+                        FlowAction::Listen { .. } => listening = true,
+                        _ => {}
+                    }
+                }
                 for s in steps {
                     let was_finished = flow.is_finished();
+                    let transcripts_before = flow.record().transcripts.len();
                     let actions = match s {
                         Step::Digit(c) => flow.handle(FlowEvent::Digit(c), now),
                         Step::Finish => match playing.take() {
@@ -1465,9 +2939,18 @@ options.0 = { transfer = "agents" }
                         }
                         Step::Hangup => flow.handle(FlowEvent::Hangup, now),
                         Step::Answer => flow.handle(FlowEvent::Answered, now),
+                        Step::SpeechStarted => flow.handle(FlowEvent::SpeechStarted, now),
+                        Step::Transcript(text, confidence) => flow.handle(
+                            FlowEvent::Transcript { text, confidence, words: Vec::new() },
+                            now,
+                        ),
+                        Step::SpeechTimeout => flow.handle(FlowEvent::SpeechTimeout, now),
                     };
                     if was_finished {
                         prop_assert!(actions.is_empty());
+                    }
+                    if !listening {
+                        prop_assert_eq!(flow.record().transcripts.len(), transcripts_before, "transcript taken without a turn");
                     }
                     for a in &actions {
                         match a {
@@ -1479,8 +2962,18 @@ options.0 = { transfer = "agents" }
                             FlowAction::StopPlayback => {
                                 prop_assert!(playing.take().is_some(), "stop without playback");
                             }
+                            FlowAction::Listen { grammar, .. } => {
+                                prop_assert!(!listening, "Listen while a turn is open");
+                                prop_assert!(grammar.len() > 1);
+                                listening = true;
+                            }
+                            FlowAction::StopListening => {
+                                prop_assert!(listening, "StopListening without a turn");
+                                listening = false;
+                            }
                             FlowAction::Transfer { .. } | FlowAction::Hangup { .. } => {
                                 prop_assert!(playing.is_none());
+                                prop_assert!(!listening, "ended while listening");
                                 prop_assert!(flow.is_finished());
                             }
                             FlowAction::OptOut => {}
@@ -1488,6 +2981,7 @@ options.0 = { transfer = "agents" }
                     }
                     if flow.is_finished() {
                         playing = None;
+                        listening = false;
                         prop_assert_eq!(flow.poll_timeout(), None);
                         prop_assert!(flow.record().outcome != Outcome::InProgress);
                     } else if playing.is_some() {
@@ -1495,6 +2989,7 @@ options.0 = { transfer = "agents" }
                     } else {
                         prop_assert!(flow.poll_timeout().is_some(), "flow stuck: nothing plays, no timer");
                     }
+                    prop_assert_eq!(flow.is_listening(), listening);
                     prop_assert_eq!(flow.record().path.first().map(String::as_str), Some("greeting"));
                 }
             }

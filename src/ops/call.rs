@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::ivr::dialplan::Dialplan;
-use crate::ivr::flow::{CallFlow, FlowAction, FlowEvent, Outcome};
+use crate::ivr::flow::{CallFlow, FlowAction, FlowEvent, Outcome, PromptItem};
 use crate::media::codec::CodecKind;
 use crate::media::prompt::{Player, PromptStore};
 use crate::media::session::{MediaConfig, MediaEvent, MediaSession};
 use crate::sip::endpoint::{CallHandle, EndCause, IncomingCall};
 use crate::sip::sdp::{self, Direction};
+use crate::speech::asr::{AsrError, AsrStream, Transcript};
+use crate::speech::vad::{Vad, VadConfig, VadEvent};
 use crate::store::{CdrEnd, CdrStart, Store};
 
 use super::ports::{self, MediaSocket, PortAllocator};
@@ -37,6 +39,8 @@ pub struct CallContext {
     pub active: std::sync::atomic::AtomicUsize,
     /// Sends every call's RTP on the 20 ms clock.
     pub media_clock: MediaClock,
+    /// Recognisers and voices for speech menus.
+    pub speech: Arc<super::speech::Speech>,
 }
 
 /// The length of one media frame: the RTP clock of every call.
@@ -286,6 +290,8 @@ pub async fn run_call(
     };
     tracing::info!(call_id = %inc.call_id, from = %inc.from_uri, to = %inc.to_uri, src = %inc.source, "call: incoming");
 
+    let (audio_tx, mut audio_rx) = mpsc::unbounded_channel();
+    let (transcript_tx, mut transcript_rx) = mpsc::unbounded_channel();
     let mut c = Call {
         ctx: ctx.clone(),
         call,
@@ -301,8 +307,14 @@ pub async fn run_call(
         session_id: rand::random::<u32>() as u64,
         local_port: 0,
         hangup_sent: false,
+        listening: None,
+        turn: 0,
+        audio_tx,
+        transcript_tx,
     };
-    let ending = c.run(inc, &mut events).await;
+    let ending = c
+        .run(inc, &mut events, &mut audio_rx, &mut transcript_rx)
+        .await;
     c.media.ended.store(true, Ordering::Release);
     let rec = c.flow.record();
     let outcome = match (&rec.outcome, c.answered_at) {
@@ -329,6 +341,18 @@ pub async fn run_call(
         hangup_side: ending.side.to_string(),
         codec: c.codec.map(|k| k.encoding_name().to_string()),
         rtp_stats: stats,
+        transcripts: (!rec.transcripts.is_empty()).then(|| {
+            serde_json::Value::Array(
+                rec.transcripts
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({"menu": t.menu, "text": t.text,
+                            "confidence": t.confidence, "matched": t.matched, "score": t.score})
+                    })
+                    .collect(),
+            )
+            .to_string()
+        }),
     };
     if let Err(e) = ctx.store.cdr_end(cdr_id, &end).await {
         tracing::error!(call_id = %c.call_id, error = %e, "cannot finish CDR");
@@ -362,6 +386,26 @@ struct Call {
     session_id: u64,
     local_port: u16,
     hangup_sent: bool,
+    /// The speech turn the flow opened, if any.
+    listening: Option<Listening>,
+    /// Numbers the turns, so a transcript of a closed turn is dropped.
+    turn: u64,
+    audio_tx: mpsc::UnboundedSender<[i16; crate::media::codec::FRAME_SAMPLES]>,
+    transcript_tx: mpsc::UnboundedSender<(u64, Result<Transcript, AsrError>)>,
+}
+
+/// Caller audio before the voice activity detector declared speech: fed to the recogniser at
+/// the start so the first syllable is not lost.
+const PREROLL_FRAMES: usize = 15;
+
+/// One speech turn: the endpointer and, once speech started, the recogniser.
+struct Listening {
+    turn: u64,
+    vad: Vad,
+    asr: Option<AsrStream>,
+    preroll: std::collections::VecDeque<[i16; crate::media::codec::FRAME_SAMPLES]>,
+    speaking: bool,
+    language: String,
 }
 
 impl Call {
@@ -369,6 +413,8 @@ impl Call {
         &mut self,
         inc: IncomingCall,
         events: &mut mpsc::UnboundedReceiver<CallEvent>,
+        audio: &mut mpsc::UnboundedReceiver<[i16; crate::media::codec::FRAME_SAMPLES]>,
+        transcripts: &mut mpsc::UnboundedReceiver<(u64, Result<Transcript, AsrError>)>,
     ) -> Ending {
         let (rtp, rtcp) = match self.ctx.ports.bind_pair() {
             Ok(p) => p,
@@ -534,6 +580,12 @@ impl Call {
                         CallEvent::Progress { .. } | CallEvent::Answered { .. } | CallEvent::Failed { .. } => {}
                     }
                 }
+                Some(frame) = audio.recv() => {
+                    if let Some(e) = self.on_caller_audio(&frame).await { return e; }
+                }
+                Some((turn, result)) = transcripts.recv() => {
+                    if let Some(e) = self.on_transcript(turn, result).await { return e; }
+                }
                 _ = media.finished.notified() => {
                     let done = std::mem::take(&mut self.media.lock().finished);
                     for playback in done {
@@ -684,19 +736,21 @@ impl Call {
                 FlowAction::Play {
                     playback, prompts, ..
                 } => {
-                    let clips = prompts
-                        .iter()
-                        .filter_map(|p| {
-                            let clip = self.ctx.prompts.get(p);
-                            if clip.is_none() {
-                                tracing::error!(call_id = %self.call_id, prompt = %p, "prompt missing; skipped");
-                            }
-                            clip
-                        })
-                        .collect();
+                    let mut clips = Vec::with_capacity(prompts.len());
+                    for p in &prompts {
+                        if let Some(clip) = self.clip_for(p).await {
+                            clips.push(clip);
+                        }
+                    }
                     self.media.lock().player = Some((playback, Player::new(clips)));
                 }
                 FlowAction::StopPlayback => self.media.lock().player = None,
+                FlowAction::Listen {
+                    grammar,
+                    language,
+                    end_silence,
+                } => self.listen(grammar, language, end_silence),
+                FlowAction::StopListening => self.stop_listening(),
                 FlowAction::OptOut => {
                     // The caller is told "you will not be called again" right after this: commit first.
                     let number = self.caller.clone().unwrap_or_default();
@@ -739,6 +793,149 @@ impl Call {
             }
         }
         None
+    }
+
+    /// The audio of one prompt item: a recorded prompt, or a text rendered by TTS (from the
+    /// cache filled at start-up; rendered now, off the reactor, when it is new).
+    async fn clip_for(&self, item: &PromptItem) -> Option<Arc<[i16]>> {
+        match item {
+            PromptItem::Recorded(name) => {
+                let clip = self.ctx.prompts.get(name);
+                if clip.is_none() {
+                    tracing::error!(call_id = %self.call_id, prompt = %name, "prompt missing; skipped");
+                }
+                clip
+            }
+            PromptItem::Text(text) => {
+                let language = self.flow.language().to_string();
+                if let Some(c) = self.ctx.speech.clip(&language, text) {
+                    return Some(c);
+                }
+                let (speech, t, l) = (self.ctx.speech.clone(), text.clone(), language.clone());
+                match tokio::task::spawn_blocking(move || speech.render(&l, &t)).await {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(e)) => {
+                        tracing::error!(call_id = %self.call_id, text = %text, "text prompt not spoken: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::error!(call_id = %self.call_id, error = %e, "text prompt renderer failed");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a speech turn: caller audio goes to the endpointer, and from the start of speech
+    /// to a recogniser restricted to the menu's phrases.
+    fn listen(&mut self, grammar: Vec<String>, language: String, end_silence: Duration) {
+        self.stop_listening();
+        if !self.ctx.speech.recognises(&language) {
+            tracing::debug!(call_id = %self.call_id, language = %language, "no recogniser for this language; keys only");
+            return;
+        }
+        self.turn += 1;
+        let cfg = VadConfig {
+            end_silence,
+            // The flow times no-input itself (it knows when the prompt ended).
+            no_input: Duration::from_secs(3600),
+            ..VadConfig::default()
+        };
+        let asr = match self.ctx.speech.start_turn(&language, grammar) {
+            Some(Ok(stream)) => Some(stream),
+            Some(Err(e)) => {
+                tracing::error!(call_id = %self.call_id, "speech turn not started: {e}");
+                return;
+            }
+            None => return,
+        };
+        self.listening = Some(Listening {
+            turn: self.turn,
+            vad: Vad::new(cfg, Instant::now()),
+            asr,
+            preroll: std::collections::VecDeque::with_capacity(PREROLL_FRAMES),
+            speaking: false,
+            language,
+        });
+        self.media.lock().audio = Some(self.audio_tx.clone());
+    }
+
+    fn stop_listening(&mut self) {
+        if self.listening.take().is_some() {
+            self.media.lock().audio = None;
+        }
+    }
+
+    async fn on_caller_audio(
+        &mut self,
+        frame: &[i16; crate::media::codec::FRAME_SAMPLES],
+    ) -> Option<Ending> {
+        let now = Instant::now();
+        let l = self.listening.as_mut()?;
+        let event = l.vad.push(frame, now);
+        if l.speaking {
+            if let Some(asr) = &l.asr {
+                asr.push(frame);
+            }
+        } else {
+            if l.preroll.len() == PREROLL_FRAMES {
+                l.preroll.pop_front();
+            }
+            l.preroll.push_back(*frame);
+        }
+        match event {
+            Some(VadEvent::SpeechStart { .. }) => {
+                l.speaking = true;
+                if let Some(asr) = &l.asr {
+                    for f in l.preroll.drain(..) {
+                        asr.push(&f);
+                    }
+                }
+                tracing::debug!(call_id = %self.call_id, language = %l.language, "speech: started");
+                let actions = self.flow.handle(FlowEvent::SpeechStarted, now);
+                self.apply(actions).await
+            }
+            Some(VadEvent::SpeechEnd { .. }) | Some(VadEvent::MaxUtterance) => {
+                let turn = l.turn;
+                if let Some(asr) = l.asr.take() {
+                    let tx = self.transcript_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send((turn, asr.result().await));
+                    });
+                }
+                None
+            }
+            Some(VadEvent::NoInput) | None => None,
+        }
+    }
+
+    async fn on_transcript(
+        &mut self,
+        turn: u64,
+        result: Result<Transcript, AsrError>,
+    ) -> Option<Ending> {
+        if self.listening.as_ref().map(|l| l.turn) != Some(turn) {
+            return None;
+        }
+        let now = Instant::now();
+        let event = match result {
+            Ok(t) => {
+                tracing::info!(call_id = %self.call_id, text = %t.text, confidence = t.confidence,
+                    decode_ms = t.decode_time.as_millis() as u64, "speech: heard");
+                FlowEvent::Transcript {
+                    text: t.text,
+                    confidence: t.confidence,
+                    words: t.words.into_iter().map(|w| (w.word, w.conf)).collect(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(call_id = %self.call_id, "speech: recognition failed: {e}");
+                FlowEvent::SpeechTimeout
+            }
+        };
+        let actions = self.flow.handle(event, now);
+        self.apply(actions).await
     }
 
     fn hangup(&mut self) {

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod ports;
 pub mod server;
+pub mod speech;
 pub mod transport;
 
 use crate::media::codec::CodecKind;

@@ -27,6 +27,8 @@ pub enum ServeError {
     Prompts { dir: PathBuf, message: String },
     #[error("{0}")]
     Dialplan(#[from] DialplanError),
+    #[error("speech services failed to start: {0}")]
+    Speech(String),
     #[error("cannot start the media clock threads: {0}")]
     MediaClock(std::io::Error),
     #[error("cannot listen for SIP on {addr} (UDP and TCP): {source}")]
@@ -91,6 +93,18 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     let (prompts, dialplan) = load_ivr(&cfg)?;
     tracing::info!(prompts = prompts.len(), dialplan = %dialplan.name(), "ivr loaded");
+    // Voices and models load in seconds; fixed texts are rendered (or found in the disk cache)
+    // before the first call is answered, so no caller waits for synthesis.
+    let speech = {
+        let (cfg, dialplan) = (cfg.clone(), dialplan.clone());
+        tokio::task::spawn_blocking(move || {
+            let speech = super::speech::Speech::load(&cfg);
+            speech.prerender(&dialplan);
+            Arc::new(speech)
+        })
+        .await
+        .map_err(|e| ServeError::Speech(e.to_string()))?
+    };
 
     let codecs = cfg
         .rtp
@@ -108,6 +122,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         codecs,
         jitter: Duration::from_millis(cfg.rtp.jitter_ms),
         answer_after: Duration::from_millis(cfg.ivr.answer_after_ms),
+        speech,
         active: Default::default(),
         // One shard thread per core: each sends the RTP of its share of the calls.
         media_clock: MediaClock::start(

@@ -174,6 +174,8 @@ pub struct CdrEnd {
     pub codec: Option<String>,
     /// Small JSON object, stored verbatim.
     pub rtp_stats: Option<String>,
+    /// What the caller said in each menu: a JSON array, stored verbatim.
+    pub transcripts: Option<String>,
 }
 
 /// One CDR as stored. Timestamps serialise as RFC 3339 UTC with milliseconds.
@@ -203,6 +205,7 @@ pub struct CdrRow {
     pub hangup_side: Option<String>,
     pub codec: Option<String>,
     pub rtp_stats: Option<String>,
+    pub transcripts: Option<String>,
 }
 
 /// One opt-out entry.
@@ -260,6 +263,7 @@ struct CdrRecord {
     hangup_side: Option<String>,
     codec: Option<String>,
     rtp_stats: Option<String>,
+    transcripts: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -281,17 +285,18 @@ const ANSWER_CDR: &str = "UPDATE cdrs SET answered_at_ms = $2 WHERE id = $1";
 const PROGRESS_CDR: &str = "UPDATE cdrs SET path = $2, digits = $3 WHERE id = $1";
 const END_CDR: &str = "UPDATE cdrs SET ended_at_ms = $2, \
      answered_at_ms = COALESCE($3, answered_at_ms), path = $4, digits = $5, outcome = $6, \
-     hangup_cause = $7, hangup_side = $8, codec = $9, rtp_stats = $10 WHERE id = $1";
+     hangup_cause = $7, hangup_side = $8, codec = $9, rtp_stats = $10, transcripts = $11 \
+     WHERE id = $1";
 const CLOSE_INTERRUPTED: &str = "UPDATE cdrs SET ended_at_ms = $1, outcome = 'interrupted', \
      hangup_cause = COALESCE(hangup_cause, 'process-stopped'), \
      hangup_side = COALESCE(hangup_side, 'warmline') WHERE ended_at_ms IS NULL";
 const RECENT_CDRS: &str = "SELECT id, call_id, direction, from_uri, to_uri, caller_number, \
      remote_addr, transport, dialplan, started_at_ms, answered_at_ms, ended_at_ms, path, digits, \
-     outcome, hangup_cause, hangup_side, codec, rtp_stats \
+     outcome, hangup_cause, hangup_side, codec, rtp_stats, transcripts \
      FROM cdrs ORDER BY started_at_ms DESC, id DESC LIMIT $1";
 const CDR_BY_CALL_ID: &str = "SELECT id, call_id, direction, from_uri, to_uri, caller_number, \
      remote_addr, transport, dialplan, started_at_ms, answered_at_ms, ended_at_ms, path, digits, \
-     outcome, hangup_cause, hangup_side, codec, rtp_stats \
+     outcome, hangup_cause, hangup_side, codec, rtp_stats, transcripts \
      FROM cdrs WHERE call_id = $1 ORDER BY started_at_ms DESC, id DESC LIMIT 1";
 const INSERT_OPT_OUT: &str = "INSERT INTO opt_outs \
      (number, raw_number, scope, source, call_id, created_at_ms) \
@@ -474,6 +479,7 @@ impl Store {
                 Text(e.hangup_side.clone()),
                 OptText(e.codec.clone()),
                 OptText(e.rtp_stats.clone()),
+                OptText(e.transcripts.clone()),
             ];
             let done = self.write_rows(w, OP, END_CDR, args).await?;
             return self.expect_one(OP, id, done);
@@ -489,6 +495,7 @@ impl Store {
             .bind(e.hangup_side.as_str())
             .bind(e.codec.as_deref())
             .bind(e.rtp_stats.as_deref())
+            .bind(e.transcripts.as_deref())
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))
@@ -681,6 +688,7 @@ impl Store {
             hangup_side: r.hangup_side,
             codec: r.codec,
             rtp_stats: r.rtp_stats,
+            transcripts: r.transcripts,
         })
     }
 }
@@ -949,6 +957,7 @@ mod tests {
             hangup_side: "caller".to_owned(),
             codec: Some("PCMU".to_owned()),
             rtp_stats: Some(r#"{"rx":1500,"tx":1490,"lost":0}"#.to_owned()),
+            transcripts: Some(r#"[{"menu":"main","text":"lost card"}]"#.to_owned()),
         };
         store.cdr_end(id, &end).await.expect("end");
 
@@ -978,6 +987,7 @@ mod tests {
             hangup_side: Some("caller".into()),
             codec: Some("PCMU".into()),
             rtp_stats: end.rtp_stats.clone(),
+            transcripts: end.transcripts.clone(),
         };
         assert_eq!(row, expected);
 
@@ -1013,6 +1023,7 @@ mod tests {
             hangup_side: "warmline".into(),
             codec: None,
             rtp_stats: None,
+            transcripts: None,
         };
         store.cdr_end(id, &end).await.expect("end");
         let row = store
@@ -1052,6 +1063,7 @@ mod tests {
             hangup_side: "caller".into(),
             codec: Some("PCMA".into()),
             rtp_stats: None,
+            transcripts: None,
         };
         store.cdr_end(done, &end).await.expect("end");
         let live = store

@@ -1,0 +1,7 @@
+//! Speech: voice activity detection, intent matching, text normalisation, recognition (Vosk)
+//! and synthesis (Piper).
+pub mod asr;
+pub mod intent;
+pub mod normalize;
+pub mod tts;
+pub mod vad;
