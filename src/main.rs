@@ -43,6 +43,27 @@ enum Command {
         #[command(subcommand)]
         action: CampaignAction,
     },
+    /// Run a call against a dialplan without a phone: audio files for what the caller says,
+    /// keys for what they press; prints the path taken, transcripts and timings.
+    Simulate {
+        /// The dialplan file.
+        dialplan: PathBuf,
+        /// A WAV file the caller says (any rate; repeatable, in order with --press and --wait).
+        #[arg(long, value_name = "WAV")]
+        say: Vec<PathBuf>,
+        /// Keys the caller presses, e.g. 1 or 31# (repeatable).
+        #[arg(long, value_name = "KEYS")]
+        press: Vec<String>,
+        /// Silence for this long, e.g. 3s (repeatable).
+        #[arg(long, value_name = "DURATION")]
+        wait: Vec<String>,
+        /// The call's language (default: the dialplan's).
+        #[arg(long)]
+        language: Option<String>,
+        /// Print one JSON object instead of a timeline.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the global do-not-call list (callers who pressed the opt-out key).
     OptOuts {
         /// Print a JSON array instead of a table.
@@ -118,6 +139,22 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { dialplans } => ops::check::run(&cfg, &dialplans),
+        Command::Simulate { dialplan, json, language, .. } => {
+            let steps = match simulate_steps() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let args = ops::simulate::SimulateArgs {
+                dialplan,
+                steps,
+                language,
+                json,
+            };
+            ops::simulate::run(&cfg, &args)
+        }
         Command::Cdr { json, limit } => ops::check::print_cdrs(&cfg, json, limit),
         Command::OptOuts { json } => ops::check::print_opt_outs(&cfg, json),
         Command::Campaign { action } => {
@@ -140,6 +177,38 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The --say/--press/--wait steps in command-line order (clap keeps each list separately).
+fn simulate_steps() -> Result<Vec<ops::simulate::Step>, String> {
+    use ops::simulate::Step;
+    let mut steps = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (a.clone(), None),
+        };
+        if !matches!(flag.as_str(), "--say" | "--press" | "--wait") {
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
+        };
+        steps.push(match flag.as_str() {
+            "--say" => Step::Say(PathBuf::from(value)),
+            "--press" => Step::Press(value),
+            _ => {
+                let d = warmline::dialer::policy::parse_duration(&value)
+                    .ok()
+                    .and_then(|d| d.to_std().ok())
+                    .ok_or_else(|| format!("--wait {value}: not a duration like 3s"))?;
+                Step::Wait(d)
+            }
+        });
+    }
+    Ok(steps)
 }
 
 fn init_logging(cfg: &Config) {

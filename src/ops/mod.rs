@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod ports;
 pub mod server;
+pub mod simulate;
 pub mod speech;
 pub mod transport;
 
