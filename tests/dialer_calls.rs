@@ -334,6 +334,75 @@ fn answering_machine_is_detected_and_hung_up_on() {
 }
 
 #[test]
+fn answering_machine_gets_the_message_after_the_beep_when_asked_to() {
+    let work = tempfile::tempdir().unwrap();
+    let speech = work.path().join("speech.wav");
+    make_caller_wav(
+        "Hello, you have reached Mark. I am away from my desk. Please leave a message after the tone.",
+        &speech,
+        0.3,
+    )
+    .unwrap();
+    // The greeting, a 600 ms 1 kHz beep, then a recording machine's silence.
+    let greeting = work.path().join("greeting.wav");
+    let beep = work.path().join("beep.wav");
+    let st = std::process::Command::new("sox")
+        .args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
+        .arg(&beep)
+        .args([
+            "synth", "0.6", "sine", "1000", "vol", "0.5", "pad", "0", "30",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = std::process::Command::new("sox")
+        .arg(&speech)
+        .arg(&beep)
+        .arg(&greeting)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let trunk = Trunk {
+        sipp: uas("uas_machine.xml", work.path())
+            .caller_audio(&greeting)
+            .spawn(),
+    };
+    let daemon = start_daemon(trunk.addr(), "");
+    write_campaign(
+        &daemon,
+        "voicemail",
+        "answering_machine = \"leave_message\"",
+        &[("v1", "+15551230014")],
+    );
+    let (ok, out) = cli(&daemon, &["campaign", "start", "voicemail"]);
+    assert!(ok, "{out}");
+    let rows = wait_ended(&daemon, "voicemail", 1, Duration::from_secs(60));
+    let r = &rows[0];
+    assert_eq!(
+        r["outcome"],
+        "message_left",
+        "{r:?}\n{}",
+        daemon.log_tail(40)
+    );
+    assert_eq!(r["amd_decision"], "machine");
+    assert!(
+        daemon.log().contains("greeting ended") && daemon.log().contains("Beep"),
+        "{}",
+        daemon.log_tail(30)
+    );
+    // The message was delivered: the contact is done, never called again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status_json(&daemon, "voicemail");
+        if s["counts"]["contacts_by_state"]["done"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "contact not done: {s}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
 fn trunk_digest_challenge_is_answered_and_a_wrong_password_fails() {
     let work = tempfile::tempdir().unwrap();
     let hello = work.path().join("hello.wav");
