@@ -139,7 +139,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { dialplans } => ops::check::run(&cfg, &dialplans),
-        Command::Simulate { dialplan, json, language, .. } => {
+        Command::Simulate {
+            dialplan,
+            json,
+            language,
+            ..
+        } => {
             let steps = match simulate_steps() {
                 Ok(s) => s,
                 Err(e) => {

@@ -212,6 +212,76 @@ fn audit(daemon: &Daemon, name: &str) -> Vec<HashMap<String, String>> {
 }
 
 #[test]
+fn the_template_is_spoken_for_each_contact_by_text_to_speech() {
+    require_tool("sipp");
+    if !can_send_raw_rtp() {
+        panic!("this test plays an RTP pcap with SIPp and needs root (CAP_NET_RAW)");
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let voice = repo.join(".cache/speech/voices/en_US-joe-medium.onnx");
+    assert!(
+        voice.is_file(),
+        "needs the Piper voice: run scripts/setup-piper.sh"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let hello = work.path().join("hello.wav");
+    make_caller_wav("Hello?", &hello, 0.2).unwrap();
+    let pcap = work.path().join("hello-then-1.pcap");
+    DtmfPcap::new(&[(7000, '1')])
+        .audio(&hello)
+        .tail_ms(8000)
+        .write(&pcap)
+        .unwrap();
+    // The trunk starts after the daemon, whose first start renders the demo bank's texts.
+    let trunk_port = free_port();
+    let trunk_addr = std::net::SocketAddr::from(([127, 0, 0, 1], trunk_port));
+    // A shared render cache keeps the demo bank's fixed texts warm between test runs.
+    let speech =
+        format!(
+        "[speech]\nmodels = {{}}\nvoices = {{ en = {:?} }}\nonnxruntime = {:?}\ncache_dir = {:?}\n",
+        voice.display().to_string(),
+        repo.join(".cache/speech/onnxruntime/libonnxruntime.so.1.24.4")
+            .display()
+            .to_string(),
+        repo.join(".cache/speech/tts-cache-tests").display().to_string()
+    );
+    let daemon = Daemon::start(DaemonOpts {
+        extra_toml: format!("{}\n{speech}", trunk_toml(trunk_addr, "")),
+        ready_timeout: Duration::from_secs(240),
+        ..DaemonOpts::default()
+    });
+    let _trunk = Trunk {
+        sipp: uas("uas_answer_dtmf.xml", work.path())
+            .local_port(trunk_port)
+            .key("dtmf_pcap", &pcap.display().to_string())
+            .spawn(),
+    };
+    let dir = daemon.dir().join("campaigns");
+    write_campaign(&daemon, "spoken", "", &[("t1", "+15551230015")]);
+    let p = dir.join("spoken.toml");
+    let text = fs::read_to_string(&p).unwrap().replace(
+        "[message]\n",
+        "[message]\ntemplate = \"Hello {name}. Your coupon of $49.95 expires on 2026-12-31. Press 1 to confirm.\"\n",
+    );
+    fs::write(&p, text).unwrap();
+    let (ok, out) = cli(&daemon, &["campaign", "start", "spoken"]);
+    assert!(ok, "{out}");
+    let rows = wait_ended(&daemon, "spoken", 1, Duration::from_secs(60));
+    assert_eq!(
+        rows[0]["outcome"],
+        "confirmed",
+        "{rows:?}\n{}",
+        daemon.log_tail(40)
+    );
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("message spoken by text-to-speech"))
+        .unwrap_or_else(|| panic!("no TTS message:\n{}", daemon.log_tail(40)));
+    assert!(!line.contains("sentences=0"), "{line}");
+}
+
+#[test]
 fn busy_is_scheduled_for_a_retry_after_its_delay() {
     let work = tempfile::tempdir().unwrap();
     let trunk = Trunk {

@@ -299,6 +299,8 @@ pub struct Campaign {
     pub contacts: PathBuf,
     /// This campaign's own do-not-call list (`do_not_call = "file.txt"`).
     pub do_not_call: DoNotCall,
+    /// The language the template is spoken in (a voice in `[speech] voices`).
+    pub language: String,
     /// The campaign file itself.
     pub file: PathBuf,
 }
@@ -441,6 +443,7 @@ const TOP_FIELDS: &[&str] = &[
     "answering_machine",
     "default_timezone",
     "do_not_call",
+    "language",
     "message",
     "keys",
     "window",
@@ -499,6 +502,7 @@ struct Draft {
     retry: RetryRules,
     fatigue: Option<FatigueRule>,
     do_not_call: Option<DoNotCall>,
+    language: Option<String>,
 }
 
 impl ValueReader for Checker<'_> {
@@ -827,6 +831,15 @@ impl<'a> Checker<'a> {
                 }
                 "fatigue" => fatigue_item = Some(value),
                 "do_not_call" => d.do_not_call = self.do_not_call(value),
+                "language" => {
+                    if let Some(l) = self.string(value, field) {
+                        if crate::ivr::dialplan::LANGUAGES.contains(&l.as_str()) {
+                            d.language = Some(l);
+                        } else {
+                            self.unknown_value(value, &l, field, crate::ivr::dialplan::LANGUAGES);
+                        }
+                    }
+                }
                 _ => self.unknown_field(key, TOP_FIELDS, "the campaign"),
             }
         }
@@ -938,6 +951,9 @@ impl<'a> Checker<'a> {
             default_timezone: d.default_timezone,
             contacts: d.contacts?,
             do_not_call: d.do_not_call.unwrap_or_default(),
+            language: d
+                .language
+                .unwrap_or_else(|| crate::ivr::dialplan::DEFAULT_LANGUAGE.to_string()),
             file: self.file.to_path_buf(),
         })
     }
@@ -2095,6 +2111,31 @@ max_contacts = 2
         assert_eq!(c.keys.agent, Some('D'));
         let d = dir.diags(&with("cancel = \"1\"\n"));
         one(&d, "unknown field 'cancel' in [keys]");
+    }
+
+    #[test]
+    fn do_not_call_file_and_language() {
+        let dir = Dir::new();
+        dir.file(
+            "dnc.txt",
+            "# numbers and customer ids\n+1 (212) 555-0199\ncust-42   # asked by letter\n\n",
+        );
+        let text = format!("do_not_call = \"dnc.txt\"\nlanguage = \"zh\"\n{MINIMAL}");
+        let (c, _) = dir.ok(&text);
+        assert!(c.do_not_call("+12125550199", "someone"));
+        assert!(c.do_not_call("+19999999999", "cust-42"));
+        assert!(!c.do_not_call("+19999999999", "cust-43"));
+        assert_eq!(c.language, "zh");
+        let (c, _) = dir.ok(MINIMAL);
+        assert_eq!(c.language, "en");
+        assert!(!c.do_not_call("+12125550199", "cust-42"));
+        let d = dir.diags(&format!("language = \"fr\"\n{MINIMAL}"));
+        assert!(
+            one(&d, "invalid language 'fr'").message.contains("en"),
+            "{d:#?}"
+        );
+        let d = dir.diags(&format!("do_not_call = \"missing.txt\"\n{MINIMAL}"));
+        one(&d, "cannot read do-not-call file");
     }
 
     #[test]

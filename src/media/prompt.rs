@@ -283,12 +283,30 @@ fn store_cache(cached: &Path, samples: &[i16]) -> std::io::Result<()> {
     fs::rename(&tmp, cached)
 }
 
-/// Plays clips back to back in 20 ms frames.
+/// Converts mono samples at `rate` to 8 kHz (band-limited, like prompt files).
+pub fn to_8k(samples: &[i16], rate: u32) -> Result<Vec<i16>, String> {
+    if rate == SAMPLE_RATE {
+        return Ok(samples.to_vec());
+    }
+    if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+        return Err(format!("unsupported sample rate {rate} Hz"));
+    }
+    let mono: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
+    Ok(resample(&mono, rate)?
+        .iter()
+        .map(|&s| (f64::from(s) * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
+        .collect())
+}
+
+/// Plays clips back to back in 20 ms frames. A streaming player (`open`) gets more clips while
+/// it plays (text-to-speech sentence by sentence): until it is closed, running out of audio
+/// plays silence instead of ending.
 #[derive(Debug, Clone)]
 pub struct Player {
     clips: Vec<Arc<[i16]>>,
     clip: usize,
     pos: usize,
+    open: bool,
 }
 
 impl Player {
@@ -297,7 +315,25 @@ impl Player {
             clips,
             clip: 0,
             pos: 0,
+            open: false,
         }
+    }
+
+    /// A player whose clips arrive while it plays ([`Player::push`], then [`Player::close`]).
+    pub fn streaming() -> Self {
+        Player {
+            open: true,
+            ..Player::new(Vec::new())
+        }
+    }
+
+    pub fn push(&mut self, clip: Arc<[i16]>) {
+        self.clips.push(clip);
+    }
+
+    /// No more clips: the player ends once what it has is played.
+    pub fn close(&mut self) {
+        self.open = false;
     }
 
     /// The next 160 samples. Clips follow each other without a gap; only the very last
@@ -323,22 +359,25 @@ impl Player {
             filled += n;
             self.pos += n;
         }
-        (filled > 0).then_some(frame)
+        // Waiting for the next sentence of a stream: silence, not the end.
+        (filled > 0 || self.open).then_some(frame)
     }
 
     pub fn is_done(&self) -> bool {
-        self.clips
-            .get(self.clip..)
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-            .all(|(i, c)| {
-                if i == 0 {
-                    self.pos >= c.len()
-                } else {
-                    c.is_empty()
-                }
-            })
+        !self.open
+            && self
+                .clips
+                .get(self.clip..)
+                .unwrap_or(&[])
+                .iter()
+                .enumerate()
+                .all(|(i, c)| {
+                    if i == 0 {
+                        self.pos >= c.len()
+                    } else {
+                        c.is_empty()
+                    }
+                })
     }
 }
 
@@ -391,6 +430,41 @@ mod tests {
             .map(|s| s.saturating_abs())
             .max()
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn streaming_player_plays_silence_until_closed_then_ends() {
+        let mut p = Player::streaming();
+        assert!(!p.is_done());
+        // Nothing yet: silence frames, not the end.
+        assert_eq!(p.next_frame(), Some([0i16; FRAME_SAMPLES]));
+        p.push(Arc::from(vec![7i16; 200]));
+        let f = p.next_frame().unwrap();
+        assert!(f.iter().all(|&s| s == 7));
+        let f = p.next_frame().unwrap();
+        assert_eq!(&f[..40], &[7i16; 40][..]);
+        assert!(f[40..].iter().all(|&s| s == 0));
+        assert_eq!(p.next_frame(), Some([0i16; FRAME_SAMPLES]), "still open");
+        p.push(Arc::from(vec![3i16; 160]));
+        p.close();
+        assert!(!p.is_done());
+        assert!(p.next_frame().unwrap().iter().all(|&s| s == 3));
+        assert!(p.is_done());
+        assert_eq!(p.next_frame(), None);
+    }
+
+    #[test]
+    fn to_8k_resamples_and_keeps_length_proportional() {
+        let tone: Vec<i16> = (0..22_050)
+            .map(|i| {
+                ((i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 22_050.0).sin() * 8000.0) as i16
+            })
+            .collect();
+        let out = to_8k(&tone, 22_050).unwrap();
+        assert!((7_900..=8_100).contains(&out.len()), "{}", out.len());
+        assert!(out.iter().map(|s| s.unsigned_abs()).max().unwrap() > 6000);
+        assert_eq!(to_8k(&tone[..100], 8000).unwrap().len(), 100);
+        assert!(to_8k(&tone, 1).is_err());
     }
 
     #[test]

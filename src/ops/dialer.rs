@@ -693,6 +693,15 @@ impl Dialer {
             trunk: plan.trunk.trunk.clone(),
             config: plan.call.clone(),
             opt_out_source: format!("campaign:{}", plan.campaign.id),
+            message_text: match &plan.campaign.message {
+                Message::Recorded {
+                    template: Some(t), ..
+                } => t
+                    .render(|f| contact.fields.get(f).map(String::as_str))
+                    .ok()
+                    .map(|text| (plan.campaign.language.clone(), text)),
+                _ => None,
+            },
         };
         let (ctx, sip, store, plan) = (
             self.ctx.clone(),

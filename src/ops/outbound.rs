@@ -34,6 +34,9 @@ pub struct OutboundRequest {
     pub config: OutboundConfig,
     /// Where an opt-out pressed in this call is recorded as coming from.
     pub opt_out_source: String,
+    /// The campaign's template filled in for this contact, with its language: spoken by
+    /// text-to-speech instead of the recorded message prompts when a voice is configured.
+    pub message_text: Option<(String, String)>,
 }
 
 /// What the call did, for the ledger.
@@ -58,6 +61,8 @@ pub async fn run(
         phone: req.phone.clone(),
         opt_out_source: req.opt_out_source.clone(),
         attempt_id: req.attempt_id,
+        message_prompts: req.config.message.clone(),
+        message_text: req.message_text.clone(),
         handle: None,
         media: Arc::default(),
         session_id: rand::random::<u32>() as u64,
@@ -98,6 +103,8 @@ struct OutboundCallTask {
     phone: String,
     opt_out_source: String,
     attempt_id: i64,
+    message_prompts: Vec<String>,
+    message_text: Option<(String, String)>,
     handle: Option<CallHandle>,
     media: Arc<CallMedia>,
     session_id: u64,
@@ -439,6 +446,11 @@ impl OutboundCallTask {
                 OutboundAction::WaitForBeep => self.beep = Some(BeepWaiter::default()),
                 OutboundAction::Play {
                     playback, prompts, ..
+                } if prompts == self.message_prompts && self.speaks_message() => {
+                    self.play_message_text(playback, &prompts);
+                }
+                OutboundAction::Play {
+                    playback, prompts, ..
                 } => {
                     let clips = prompts
                         .iter()
@@ -486,6 +498,72 @@ impl OutboundCallTask {
         if attempt.is_finished() {
             self.hangup();
         }
+    }
+
+    fn speaks_message(&self) -> bool {
+        self.message_text
+            .as_ref()
+            .is_some_and(|(lang, _)| self.ctx.speech.speaks(lang))
+    }
+
+    /// The contact's own message, synthesised sentence by sentence: the first sentence plays
+    /// as soon as it is ready while the rest renders. If synthesis fails before any audio, the
+    /// recorded message prompts play instead.
+    fn play_message_text(&mut self, playback: u64, prompts: &[String]) {
+        let Some((lang, text)) = self.message_text.clone() else {
+            return;
+        };
+        let Some(mut stream) = self.ctx.speech.stream(&lang, &text) else {
+            return;
+        };
+        self.media.lock().player = Some((playback, Player::streaming()));
+        let media = self.media.clone();
+        let fallback: Vec<_> = prompts
+            .iter()
+            .filter_map(|p| self.ctx.prompts.get(p))
+            .collect();
+        let call_id = self.call_id.clone();
+        tokio::spawn(async move {
+            let rate = stream.sample_rate();
+            let mut sent = 0usize;
+            while let Some(chunk) = stream.next_chunk().await {
+                let audio = match chunk
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| crate::media::prompt::to_8k(&c, rate))
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(call_id = %call_id, "message synthesis failed: {e}");
+                        break;
+                    }
+                };
+                let mut st = media.lock();
+                match st.player.as_mut() {
+                    // Still this playback (not stopped by a key): add the sentence.
+                    Some((id, p)) if *id == playback => p.push(audio.into()),
+                    _ => return,
+                }
+                sent += 1;
+            }
+            let first_ms = stream.timings().first().map(|t| {
+                t.sent
+                    .saturating_duration_since(stream.created())
+                    .as_millis() as u64
+            });
+            tracing::info!(call_id = %call_id, sentences = sent, first_audio_ms = ?first_ms,
+                "outbound: message spoken by text-to-speech");
+            let mut st = media.lock();
+            if let Some((id, p)) = st.player.as_mut() {
+                if *id == playback {
+                    if sent == 0 {
+                        for clip in fallback {
+                            p.push(clip);
+                        }
+                    }
+                    p.close();
+                }
+            }
+        });
     }
 
     /// Ends the call on the network: BYE once answered, CANCEL before.

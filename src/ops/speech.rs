@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::ivr::dialplan::Dialplan;
 use crate::speech::asr::{AsrError, AsrModel, AsrPool, AsrStream};
 use crate::speech::normalize::{normalize, Lang};
-use crate::speech::tts::{TtsCache, Voice, VoiceSettings};
+use crate::speech::tts::{TtsCache, TtsStream, TtsWorkers, Voice, VoiceSettings};
 
 /// Rendered texts at 8 kHz, by (language, text).
 type ClipCache = Mutex<HashMap<(String, String), Arc<[i16]>>>;
@@ -17,6 +17,8 @@ pub struct Speech {
     models: HashMap<String, Arc<AsrModel>>,
     pool: AsrPool,
     voices: HashMap<String, Arc<Voice>>,
+    /// Per-contact texts, synthesised sentence by sentence off the reactor.
+    workers: HashMap<String, TtsWorkers>,
     cache: TtsCache,
     clips: ClipCache,
 }
@@ -73,10 +75,20 @@ impl Speech {
             .cache_dir
             .clone()
             .unwrap_or_else(|| cfg.paths.state_dir.join("tts-cache"));
+        let workers = voices
+            .iter()
+            .map(|(lang, v)| {
+                (
+                    lang.clone(),
+                    TtsWorkers::new(threads.clamp(1, 4), v.clone()),
+                )
+            })
+            .collect();
         Speech {
             models,
             pool: AsrPool::new(if threads == 0 { 1 } else { threads }),
             voices,
+            workers,
             cache: TtsCache::new(cache_dir),
             clips: Mutex::new(HashMap::new()),
         }
@@ -136,6 +148,18 @@ impl Speech {
             .unwrap_or_else(|p| p.into_inner())
             .insert((language.to_string(), text.to_string()), clip.clone());
         Ok(clip)
+    }
+
+    /// Whether texts in `language` can be spoken.
+    pub fn speaks(&self, language: &str) -> bool {
+        self.voices.contains_key(language)
+    }
+
+    /// Starts synthesising a per-contact text (normalised for speech) sentence by sentence;
+    /// `None` without a voice for `language`.
+    pub fn stream(&self, language: &str, text: &str) -> Option<TtsStream> {
+        let workers = self.workers.get(language)?;
+        Some(workers.stream(normalize(text, lang_of(language)), VoiceSettings::default()))
     }
 
     /// Renders every fixed text of the dialplan in every language we have a voice for.
