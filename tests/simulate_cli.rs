@@ -432,7 +432,6 @@ mod bench {
             std::thread::sleep(Duration::from_millis(1));
         }
         let unfinished = waiting.len();
-        drop(collect);
         Load {
             n,
             latencies,

@@ -196,6 +196,14 @@ pub fn start(cfg: &Config, name: &str) -> ExitCode {
         println!("{}: error: {message}", path.display());
         return ExitCode::FAILURE;
     }
+    if let Message::Dialplan { name } = &campaign.message {
+        println!(
+            "{}: error: message dialplan '{name}': outbound calls play recorded prompts and a \
+             spoken template; a dialplan message is not dialled by this version",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let problems = message_problems(cfg, &campaign, &path);
     if !problems.is_empty() {
         for p in problems {
