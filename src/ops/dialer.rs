@@ -23,7 +23,7 @@ use crate::dialer::policy::{
 };
 use crate::store::ledger::{
     AttemptEnd, AttemptStart, AttemptStarted, AuditDecision, AuditEntry, CampaignStatus,
-    ClaimOutcome, Contact, ContactState, FatigueRule as LedgerRule, Reach,
+    ClaimOutcome, Contact, ContactMove, ContactState, FatigueRule as LedgerRule, Reach,
 };
 use crate::store::{Store, StoreError};
 
@@ -346,7 +346,9 @@ impl Dialer {
         }
     }
 
-    /// One pass over the due contacts. `Ok(true)`: nothing more to do right now.
+    /// One pass over the due contacts: their history is read for the whole batch (three
+    /// queries), each is decided in memory, waits and skips are stored in one transaction,
+    /// and dial decisions are claimed and dialled one by one. `Ok(true)`: nothing to do now.
     async fn plan_once(
         self: &Arc<Self>,
         plan: &Arc<Plan>,
@@ -370,27 +372,59 @@ impl Dialer {
             return Ok(true);
         }
         let now = Utc::now();
-        // Most due contacts are usually decided without a call (window, fatigue, retries):
-        // read a good batch, dial only as many as the free slots allow.
-        let limit = PLAN_BATCH;
-        let due = self.store.due_contacts(id, ms(now), limit).await?;
+        let due = self.store.due_contacts(id, ms(now), PLAN_BATCH).await?;
         if due.is_empty() {
             self.maybe_complete(plan).await?;
             return Ok(true);
         }
-        let mut handled = 0u32;
-        for contact in due {
-            if free(plan) == 0 || *status.borrow() != CampaignStatus::Running {
-                break;
+        let customers: Vec<String> = due.iter().map(|c| c.customer_id.clone()).collect();
+        let phones: Vec<String> = due.iter().map(|c| c.phone.clone()).collect();
+        let opted_out = self.store.opted_out_among(&phones).await?;
+        let after = ms(now).saturating_sub(plan.ledger_rule.window_ms());
+        let mut counted = self
+            .store
+            .counted_contacts_among(&customers, after, plan.ledger_rule.counts_from())
+            .await?;
+        let mut attempts = self.store.contact_attempts_among(id, &customers).await?;
+        let mut moves = Vec::new();
+        let mut dialled = 0u32;
+        for contact in &due {
+            let counted = counted.remove(&contact.customer_id).unwrap_or_default();
+            let tried = attempts.remove(&contact.customer_id).unwrap_or_default();
+            let now = Utc::now();
+            let (view, history) = match view_and_history(plan, contact, &opted_out, counted, tried)
+            {
+                Ok(v) => v,
+                Err(problem) => {
+                    moves.push(contact_move(
+                        plan,
+                        contact,
+                        ContactState::Skipped,
+                        ms(now),
+                        AuditDecision::Skipped,
+                        problem,
+                        "data",
+                    ));
+                    continue;
+                }
+            };
+            match policy::decide(&view, &history, &plan.rules, now) {
+                Decision::Dial => {
+                    // No slot (or no longer running): the contact stays due for a later pass.
+                    let runnable = free(plan) > 0
+                        && *status.borrow() == CampaignStatus::Running
+                        && !trunk.in_backoff(Instant::now())
+                        && !self.stopping.load(Ordering::Acquire);
+                    if runnable && self.dial(plan, contact.clone(), view, history).await? {
+                        dialled += 1;
+                    }
+                }
+                other => moves.push(decision_move(plan, contact, &other)),
             }
-            if trunk.in_backoff(Instant::now()) {
-                break;
-            }
-            self.consider(plan, contact).await?;
-            handled += 1;
         }
-        // Something was decided: more may be due at once; otherwise wait for a slot or a poll.
-        Ok(handled == 0)
+        self.store.settle_contacts(&moves).await?;
+        // Decisions were made: more may be due at once; otherwise wait for a slot or a poll.
+        Ok(moves.is_empty() && dialled == 0)
     }
 
     /// Marks the campaign completed when no contact is left to call.
@@ -410,55 +444,6 @@ impl Dialer {
             tracing::info!(campaign = %plan.campaign.id, "dialer: campaign completed: every contact is done or skipped");
         }
         Ok(())
-    }
-
-    async fn view_and_history(
-        &self,
-        plan: &Plan,
-        contact: &Contact,
-        now: DateTime<Utc>,
-    ) -> Result<Result<(ContactView, History), String>, StoreError> {
-        let tz = match contact.tz.parse::<chrono_tz::Tz>() {
-            Ok(tz) => tz,
-            Err(_) => return Ok(Err(format!("unknown time zone {:?}", contact.tz))),
-        };
-        let opted_out_global = self.store.is_opted_out(&contact.phone).await?;
-        let after = ms(now).saturating_sub(plan.ledger_rule.window_ms());
-        let counted = self
-            .store
-            .counted_contacts(&contact.customer_id, after, plan.ledger_rule.counts_from())
-            .await?
-            .into_iter()
-            .map(|e| CountedContact::new(from_ms(e.claimed_at_ms), e.campaign_id))
-            .collect();
-        let attempts = self
-            .store
-            .contact_attempts(&plan.campaign.id, &contact.customer_id)
-            .await?
-            .into_iter()
-            .filter_map(|(at, outcome)| {
-                Some(AttemptRecord {
-                    at: from_ms(at),
-                    outcome: AttemptOutcome::parse(&outcome)?,
-                })
-            })
-            .collect();
-        Ok(Ok((
-            ContactView {
-                customer_id: contact.customer_id.clone(),
-                phone: contact.phone.clone(),
-                tz,
-                consent: contact.consent,
-                opted_out_global,
-                campaign_dnc: plan
-                    .campaign
-                    .do_not_call(&contact.phone, &contact.customer_id),
-            },
-            History {
-                campaign_attempts: attempts,
-                counted_contacts: counted,
-            },
-        )))
     }
 
     async fn audit(
@@ -482,93 +467,17 @@ impl Dialer {
             .map(|_| ())
     }
 
-    /// Decides one contact and acts on it. `Ok(true)`: a call was started.
-    async fn consider(
-        self: &Arc<Self>,
-        plan: &Arc<Plan>,
-        contact: Contact,
-    ) -> Result<bool, StoreError> {
-        let now = Utc::now();
-        let (view, history) = match self.view_and_history(plan, &contact, now).await? {
-            Ok(v) => v,
-            Err(problem) => {
-                self.store
-                    .move_contact_from(
-                        contact.id,
-                        ContactState::Pending,
-                        contact.attempts,
-                        ContactState::Skipped,
-                        ms(now),
-                    )
-                    .await?;
-                self.audit(
-                    plan,
-                    &contact.customer_id,
-                    AuditDecision::Skipped,
-                    problem,
-                    Some("data"),
-                )
-                .await?;
-                return Ok(false);
-            }
-        };
-        let decision = policy::decide(&view, &history, &plan.rules, now);
-        match decision {
-            Decision::Dial => self.dial(plan, contact, view, history).await,
-            other => {
-                self.settle(plan, &contact, &other).await?;
-                Ok(false)
-            }
-        }
-    }
-
-    /// Stores a decision other than Dial: the contact's next state and its audit row.
+    /// Stores a decision other than Dial for one contact (a dial called off at the last moment).
     async fn settle(
         &self,
         plan: &Plan,
         contact: &Contact,
         decision: &Decision,
     ) -> Result<(), StoreError> {
-        let now = ms(Utc::now());
-        let code = decision.code();
-        let rule = code.split_once('_').map(|(_, r)| r).unwrap_or(code);
-        let (state, at, audit) = match decision {
-            Decision::Dial => return Ok(()),
-            Decision::WaitUntil { at, reason } => {
-                let audit = if matches!(reason, WaitReason::RetryDelay { .. }) {
-                    AuditDecision::Retried
-                } else {
-                    AuditDecision::Waiting
-                };
-                (ContactState::Pending, ms(*at), audit)
-            }
-            Decision::Skip(SkipReason::Completed { .. }) => {
-                (ContactState::Done, now, AuditDecision::Completed)
-            }
-            Decision::Skip(_) => (ContactState::Skipped, now, AuditDecision::Skipped),
-        };
-        if !self
-            .store
-            .move_contact_from(
-                contact.id,
-                ContactState::Pending,
-                contact.attempts,
-                state,
-                at,
-            )
-            .await?
-        {
-            // Another node is calling this contact; its call's end decides.
-            return Ok(());
-        }
-        self.audit(
-            plan,
-            &contact.customer_id,
-            audit,
-            decision.to_string(),
-            Some(rule),
-        )
-        .await
+        self.store
+            .settle_contacts(&[decision_move(plan, contact, decision)])
+            .await
+            .map(|_| ())
     }
 
     async fn dial(
@@ -596,31 +505,22 @@ impl Dialer {
                 next_allowed_ms,
             } => {
                 // Another campaign or node contacted the customer since the policy looked.
-                if !self
-                    .store
-                    .move_contact_from(
-                        contact.id,
-                        ContactState::Pending,
-                        contact.attempts,
+                let reason = format!(
+                    "fatigue (ledger claim refused): contacted {}, next allowed {}",
+                    policy::fmt_utc(from_ms(last_contact_ms)),
+                    policy::fmt_utc(from_ms(next_allowed_ms))
+                );
+                self.store
+                    .settle_contacts(&[contact_move(
+                        plan,
+                        &contact,
                         ContactState::Pending,
                         next_allowed_ms,
-                    )
-                    .await?
-                {
-                    return Ok(false);
-                }
-                self.audit(
-                    plan,
-                    &contact.customer_id,
-                    AuditDecision::Waiting,
-                    format!(
-                        "fatigue (ledger claim refused): contacted {}, next allowed {}",
-                        policy::fmt_utc(from_ms(last_contact_ms)),
-                        policy::fmt_utc(from_ms(next_allowed_ms))
-                    ),
-                    Some("fatigue"),
-                )
-                .await?;
+                        AuditDecision::Waiting,
+                        reason,
+                        "fatigue",
+                    )])
+                    .await?;
                 return Ok(false);
             }
         };
@@ -746,5 +646,100 @@ impl Dialer {
             dialer.call_ended.notify_waiters();
         });
         Ok(true)
+    }
+}
+
+/// The policy's view of a contact and its history, from the batch reads.
+fn view_and_history(
+    plan: &Plan,
+    contact: &Contact,
+    opted_out: &std::collections::HashSet<String>,
+    counted: Vec<crate::store::ledger::LedgerEntry>,
+    attempts: Vec<(i64, String)>,
+) -> Result<(ContactView, History), String> {
+    let tz = contact
+        .tz
+        .parse::<chrono_tz::Tz>()
+        .map_err(|_| format!("unknown time zone {:?}", contact.tz))?;
+    Ok((
+        ContactView {
+            customer_id: contact.customer_id.clone(),
+            phone: contact.phone.clone(),
+            tz,
+            consent: contact.consent,
+            opted_out_global: opted_out.contains(&contact.phone),
+            campaign_dnc: plan
+                .campaign
+                .do_not_call(&contact.phone, &contact.customer_id),
+        },
+        History {
+            campaign_attempts: attempts
+                .into_iter()
+                .filter_map(|(at, outcome)| {
+                    Some(AttemptRecord {
+                        at: from_ms(at),
+                        outcome: AttemptOutcome::parse(&outcome)?,
+                    })
+                })
+                .collect(),
+            counted_contacts: counted
+                .into_iter()
+                .map(|e| CountedContact::new(from_ms(e.claimed_at_ms), e.campaign_id))
+                .collect(),
+        },
+    ))
+}
+
+/// A wait or skip decision as a contact move with its audit row.
+fn decision_move(plan: &Plan, contact: &Contact, decision: &Decision) -> ContactMove {
+    let now = ms(Utc::now());
+    let code = decision.code();
+    let rule = code.split_once('_').map(|(_, r)| r).unwrap_or(code);
+    let (state, at, audit) = match decision {
+        Decision::WaitUntil { at, reason } => {
+            let audit = if matches!(reason, WaitReason::RetryDelay { .. }) {
+                AuditDecision::Retried
+            } else {
+                AuditDecision::Waiting
+            };
+            (ContactState::Pending, ms(*at), audit)
+        }
+        Decision::Skip(SkipReason::Completed { .. }) => {
+            (ContactState::Done, now, AuditDecision::Completed)
+        }
+        Decision::Skip(_) => (ContactState::Skipped, now, AuditDecision::Skipped),
+        // Not stored as a move; kept pending and due.
+        Decision::Dial => (
+            ContactState::Pending,
+            contact.next_attempt_at_ms,
+            AuditDecision::Dialled,
+        ),
+    };
+    contact_move(plan, contact, state, at, audit, decision.to_string(), rule)
+}
+
+fn contact_move(
+    plan: &Plan,
+    contact: &Contact,
+    to: ContactState,
+    next_attempt_at_ms: i64,
+    decision: AuditDecision,
+    reason: String,
+    rule: &str,
+) -> ContactMove {
+    ContactMove {
+        contact_id: contact.id,
+        from: ContactState::Pending,
+        attempts: contact.attempts,
+        to,
+        next_attempt_at_ms,
+        audit: AuditEntry {
+            at_ms: ms(Utc::now()),
+            campaign_id: plan.campaign.id.clone(),
+            customer_id: contact.customer_id.clone(),
+            decision,
+            reason,
+            rule: Some(rule.to_string()),
+        },
     }
 }

@@ -440,6 +440,19 @@ pub struct AuditRow {
     pub rule: Option<String>,
 }
 
+/// A planner decision to store: the contact moves (if it is still as read) and, if it moved,
+/// the decision's audit row is appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactMove {
+    pub contact_id: i64,
+    /// The state and attempt count the planner read.
+    pub from: ContactState,
+    pub attempts: i64,
+    pub to: ContactState,
+    pub next_attempt_at_ms: i64,
+    pub audit: AuditEntry,
+}
+
 /// What [`Store::close_interrupted_attempts`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct InterruptedSummary {
@@ -479,6 +492,16 @@ struct ContactRecord {
     next_attempt_at_ms: i64,
     attempts: i64,
     last_outcome: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CustomerLedgerRecord {
+    customer_id: String,
+    id: i64,
+    campaign_id: String,
+    claimed_at_ms: i64,
+    state: String,
+    reach: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -550,6 +573,22 @@ const CLAIM_STATUS: &str = "SELECT state, attempt_id FROM contact_ledger WHERE i
 const COUNTED_CONTACTS: &str = "SELECT id, campaign_id, claimed_at_ms, state, reach \
      FROM contact_ledger WHERE customer_id = $1 AND state <> 'released' AND claimed_at_ms > $2 \
      AND (state = 'pending' OR reach >= $3) ORDER BY claimed_at_ms, id";
+
+/// `COUNTED_CONTACTS` for a list of customers (`{list}`: a JSON array or an array parameter).
+const COUNTED_AMONG_SQLITE: &str = "SELECT customer_id, id, campaign_id, claimed_at_ms, state, \
+     reach FROM contact_ledger WHERE customer_id IN (SELECT value FROM json_each($1)) \
+     AND state <> 'released' AND claimed_at_ms > $2 AND (state = 'pending' OR reach >= $3) \
+     ORDER BY claimed_at_ms, id";
+const COUNTED_AMONG_PG: &str = "SELECT customer_id, id, campaign_id, claimed_at_ms, state, \
+     reach FROM contact_ledger WHERE customer_id = ANY($1) \
+     AND state <> 'released' AND claimed_at_ms > $2 AND (state = 'pending' OR reach >= $3) \
+     ORDER BY claimed_at_ms, id";
+const ATTEMPTS_AMONG_SQLITE: &str = "SELECT customer_id, started_at_ms, outcome FROM attempts \
+     WHERE campaign_id = $1 AND customer_id IN (SELECT value FROM json_each($2)) \
+     AND outcome IS NOT NULL ORDER BY started_at_ms, id";
+const ATTEMPTS_AMONG_PG: &str = "SELECT customer_id, started_at_ms, outcome FROM attempts \
+     WHERE campaign_id = $1 AND customer_id = ANY($2) AND outcome IS NOT NULL \
+     ORDER BY started_at_ms, id";
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts \
      (campaign_id, customer_id, phone, node, claim_id, started_at_ms, call_id) \
@@ -1161,6 +1200,142 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// [`Store::counted_contacts`] for many customers in one query, by customer.
+    pub async fn counted_contacts_among(
+        &self,
+        customers: &[String],
+        after_ms: i64,
+        counts_from: Reach,
+    ) -> Result<std::collections::HashMap<String, Vec<LedgerEntry>>, StoreError> {
+        const OP: &str = "counted_contacts_among";
+        let mut out: std::collections::HashMap<String, Vec<LedgerEntry>> = Default::default();
+        if customers.is_empty() {
+            return Ok(out);
+        }
+        let records: Vec<CustomerLedgerRecord> = match &self.backend {
+            Backend::Sqlite(pool) => {
+                sqlx::query_as(COUNTED_AMONG_SQLITE)
+                    .bind(serde_json::to_string(customers).unwrap_or_else(|_| "[]".into()))
+                    .bind(after_ms)
+                    .bind(counts_from.rank())
+                    .fetch_all(pool)
+                    .await
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_as(COUNTED_AMONG_PG)
+                    .bind(customers)
+                    .bind(after_ms)
+                    .bind(counts_from.rank())
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(self.query_err(OP))?;
+        for r in records {
+            let state = ClaimState::parse(&r.state).ok_or_else(|| {
+                self.ledger_corrupt(
+                    OP,
+                    r.id,
+                    "state",
+                    format!("unknown claim state {:?}", r.state),
+                )
+            })?;
+            let reach = r
+                .reach
+                .map(|rank| {
+                    Reach::from_rank(rank).ok_or_else(|| {
+                        self.ledger_corrupt(OP, r.id, "reach", format!("unknown reach {rank}"))
+                    })
+                })
+                .transpose()?;
+            out.entry(r.customer_id).or_default().push(LedgerEntry {
+                claim_id: r.id,
+                campaign_id: r.campaign_id,
+                claimed_at_ms: r.claimed_at_ms,
+                state,
+                reach,
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Store::contact_attempts`] for many customers of one campaign, by customer.
+    pub async fn contact_attempts_among(
+        &self,
+        campaign_id: &str,
+        customers: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<(i64, String)>>, StoreError> {
+        let mut out: std::collections::HashMap<String, Vec<(i64, String)>> = Default::default();
+        if customers.is_empty() {
+            return Ok(out);
+        }
+        let rows: Vec<(String, i64, String)> = match &self.backend {
+            Backend::Sqlite(pool) => {
+                sqlx::query_as(ATTEMPTS_AMONG_SQLITE)
+                    .bind(campaign_id)
+                    .bind(serde_json::to_string(customers).unwrap_or_else(|_| "[]".into()))
+                    .fetch_all(pool)
+                    .await
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_as(ATTEMPTS_AMONG_PG)
+                    .bind(campaign_id)
+                    .bind(customers)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(self.query_err("contact_attempts_among"))?;
+        for (customer, at, outcome) in rows {
+            out.entry(customer).or_default().push((at, outcome));
+        }
+        Ok(out)
+    }
+
+    /// Stores a batch of planner decisions in one transaction: each contact moves only if it is
+    /// still as the planner read it (see [`Store::move_contact_from`]), and only the moves that
+    /// happened get their audit row, so the contact and its audit trail never disagree.
+    /// Returns how many contacts moved.
+    pub async fn settle_contacts(&self, moves: &[ContactMove]) -> Result<u64, StoreError> {
+        if moves.is_empty() {
+            return Ok(0);
+        }
+        let placeholders = self.bulk_placeholders();
+        in_transaction!(self, tx => {
+            let mut audits: Vec<&AuditEntry> = Vec::with_capacity(moves.len());
+            for m in moves {
+                let moved = sqlx::query(MOVE_CONTACT_FROM)
+                    .bind(m.contact_id)
+                    .bind(m.to.as_str())
+                    .bind(m.next_attempt_at_ms)
+                    .bind(m.from.as_str())
+                    .bind(m.attempts)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if moved > 0 {
+                    audits.push(&m.audit);
+                }
+            }
+            for chunk in audits.chunks(AUDIT_ROWS_PER_STATEMENT) {
+                let sql = insert_audit_sql(chunk.len(), placeholders);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for e in chunk {
+                    q = q
+                        .bind(e.at_ms)
+                        .bind(e.campaign_id.as_str())
+                        .bind(e.customer_id.as_str())
+                        .bind(e.decision.as_str())
+                        .bind(e.reason.as_str())
+                        .bind(e.rule.as_deref());
+                }
+                q.execute(&mut *tx).await?;
+            }
+            audits.len() as u64
+        })
+        .map_err(self.query_err("settle_contacts"))
     }
 
     /// Records a call placed under `claim_id` (the attempt takes the claim's customer and
@@ -2060,6 +2235,63 @@ mod tests {
             )
             .await
             .expect("cas attempts"));
+        // The batch reads the planner uses agree with the one-customer ones.
+        let ids: Vec<String> = due.iter().map(|c| c.customer_id.clone()).collect();
+        let counted = store
+            .counted_contacts_among(&ids, T0 - WEEK, Reach::Attempted)
+            .await
+            .expect("counted among");
+        for id in &ids {
+            let one = store
+                .counted_contacts(id, T0 - WEEK, Reach::Attempted)
+                .await
+                .expect("counted");
+            assert_eq!(counted.get(id).cloned().unwrap_or_default(), one);
+        }
+        assert!(store
+            .contact_attempts_among("imp", &ids)
+            .await
+            .expect("attempts among")
+            .is_empty());
+        // Settling a batch moves only the contacts still as read, with one audit row each.
+        let stale = ContactMove {
+            contact_id: third.id,
+            from: ContactState::Pending,
+            attempts: 7,
+            to: ContactState::Skipped,
+            next_attempt_at_ms: T0,
+            audit: AuditEntry {
+                at_ms: T0,
+                campaign_id: "imp".into(),
+                customer_id: third.customer_id.clone(),
+                decision: AuditDecision::Skipped,
+                reason: "stale".into(),
+                rule: None,
+            },
+        };
+        let fresh = ContactMove {
+            attempts: 0,
+            to: ContactState::Pending,
+            next_attempt_at_ms: third.next_attempt_at_ms,
+            audit: AuditEntry {
+                reason: "fresh".into(),
+                decision: AuditDecision::Waiting,
+                ..stale.audit.clone()
+            },
+            ..stale.clone()
+        };
+        assert_eq!(
+            store
+                .settle_contacts(&[stale, fresh])
+                .await
+                .expect("settle"),
+            1
+        );
+        let trail = store.audit_for_campaign("imp").await.expect("audit");
+        assert_eq!(
+            trail.iter().map(|a| a.reason.as_str()).collect::<Vec<_>>(),
+            ["fresh"]
+        );
         assert!(store
             .move_contact_from(
                 third.id,

@@ -302,6 +302,11 @@ const INSERT_OPT_OUT: &str = "INSERT INTO opt_outs \
      (number, raw_number, scope, source, call_id, created_at_ms) \
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, number) DO NOTHING";
 const FIND_OPT_OUT: &str = "SELECT id FROM opt_outs WHERE scope = $1 AND number = $2 LIMIT 1";
+/// The numbers of a list (a JSON array on SQLite, an array on PostgreSQL) on the opt-out list.
+const OPTED_OUT_AMONG_SQLITE: &str = "SELECT DISTINCT number FROM opt_outs WHERE scope = $1 \
+     AND number IN (SELECT value FROM json_each($2))";
+const OPTED_OUT_AMONG_PG: &str =
+    "SELECT DISTINCT number FROM opt_outs WHERE scope = $1 AND number = ANY($2)";
 const LIST_OPT_OUTS: &str = "SELECT id, number, raw_number, scope, source, reason, call_id, \
      created_at_ms FROM opt_outs ORDER BY created_at_ms, id";
 
@@ -600,6 +605,51 @@ impl Store {
     }
 
     /// Every opt-out entry, oldest first.
+    /// Which of `numbers` are on the global opt-out list, in one query (the dialer decides a
+    /// batch of contacts at once). Returns the numbers as given.
+    pub async fn opted_out_among(
+        &self,
+        numbers: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        const OP: &str = "opted_out_among";
+        let mut by_normalised: std::collections::HashMap<String, Vec<&String>> =
+            std::collections::HashMap::new();
+        for n in numbers {
+            let normalised = normalise_number(n);
+            if number::is_usable_number(&normalised) {
+                by_normalised.entry(normalised).or_default().push(n);
+            }
+        }
+        if by_normalised.is_empty() {
+            return Ok(Default::default());
+        }
+        let list: Vec<String> = by_normalised.keys().cloned().collect();
+        let found: Vec<String> = match &self.backend {
+            Backend::Sqlite(pool) => {
+                let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+                sqlx::query_scalar(OPTED_OUT_AMONG_SQLITE)
+                    .bind(GLOBAL_SCOPE)
+                    .bind(json)
+                    .fetch_all(pool)
+                    .await
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar(OPTED_OUT_AMONG_PG)
+                    .bind(GLOBAL_SCOPE)
+                    .bind(&list)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(self.query_err(OP))?;
+        Ok(found
+            .iter()
+            .filter_map(|n| by_normalised.get(n))
+            .flatten()
+            .map(|n| (*n).clone())
+            .collect())
+    }
+
     pub async fn opt_outs(&self) -> Result<Vec<OptOutRow>, StoreError> {
         const OP: &str = "opt_outs";
         let records = on_pool!(self, pool => sqlx::query_as::<_, OptOutRecord>(LIST_OPT_OUTS)
@@ -1152,6 +1202,18 @@ mod tests {
             .await
             .expect("check"));
         assert!(!store.is_opted_out("+15550100002").await.expect("check"));
+        let among = store
+            .opted_out_among(&[
+                "+15550100001".to_owned(),
+                "+15550100002".to_owned(),
+                "sip:+15550100001@trunk".to_owned(),
+                "garbage".to_owned(),
+            ])
+            .await
+            .expect("among");
+        let mut among: Vec<String> = among.into_iter().collect();
+        among.sort();
+        assert_eq!(among, ["+15550100001", "sip:+15550100001@trunk"]);
         assert!(!store.is_opted_out("anonymous").await.expect("check"));
 
         let rows = store.opt_outs().await.expect("list");
