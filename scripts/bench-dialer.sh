@@ -45,11 +45,7 @@ OUT=${OUT:-docs/benchmarks-dialer.txt}
 for tool in sipp sqlite3; do
   command -v "$tool" >/dev/null || { echo "bench-dialer: needs $tool (scripts/setup-test-peers.sh installs sipp; apt-get install sqlite3)" >&2; exit 1; }
 done
-if [ -z "${BIN:-}" ]; then
-  scripts/setup-build.sh
-  cargo build --release --bin warmline
-  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/warmline
-fi
+BIN=${BIN:-$(scripts/release-bin.sh)}
 work=$(mktemp -d)
 daemon=""
 sipp_pid=""

@@ -22,11 +22,7 @@ PORT=${PORT:-25060}
 OUT=${OUT:-docs/benchmarks-sipp.txt}
 
 scripts/setup-test-peers.sh
-if [ -z "${BIN:-}" ]; then
-  scripts/setup-build.sh
-  cargo build --release --bin warmline
-  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/warmline
-fi
+BIN=${BIN:-$(scripts/release-bin.sh)}
 work=$(mktemp -d)
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
