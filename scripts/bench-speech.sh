@@ -54,7 +54,7 @@ trap 'rm -rf "$work"' EXIT
   for t in bench_asr_capacity_and_latency bench_piper_rtf_and_first_audio bench_tts_cache_under_call_load; do
     echo "## $t"
     cargo test -j"$JOBS" --release --test simulate_cli -- --ignored --exact "bench::$t" \
-      --nocapture --test-threads=1 2>&1 | grep -oE 'bench:.*|panicked.*|test result.*' || true
+      --nocapture --test-threads=1 2>&1 | grep -oE 'bench: .*|panicked.*|test result.*' || true
     echo "load: $(uptime)"
     echo
   done
