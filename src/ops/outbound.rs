@@ -15,7 +15,7 @@ use crate::media::amd::{AmdConfig, AmdDecision, AmdDetector, BeepWaiter};
 use crate::media::codec::FRAME_SAMPLES;
 use crate::media::prompt::Player;
 use crate::media::session::{MediaConfig, MediaEvent, MediaSession};
-use crate::sip::endpoint::{CallHandle, Credentials, EndCause, OutboundCall, Transport};
+use crate::sip::endpoint::{CallHandle, Credentials, OutboundCall, Transport};
 use crate::sip::sdp;
 
 use super::call::{CallContext, CallMedia, ClockEntry};
@@ -298,13 +298,11 @@ impl OutboundCallTask {
                 tracing::info!(call_id = %self.call_id, digit = %digit, via = "info", "outbound: dtmf");
                 attempt.handle(OutboundEvent::Digit(digit), now)
             }
-            CallEvent::Ended { cause } => {
+            // A BYE from the callee, or our own BYE completed (the attempt already decided
+            // then, and ignores this).
+            CallEvent::Ended { .. } => {
                 self.handle = None;
-                match cause {
-                    EndCause::RemoteBye => attempt.handle(OutboundEvent::RemoteHangup, now),
-                    // Our own BYE (or CANCEL) completed: the attempt already decided.
-                    _ => attempt.handle(OutboundEvent::RemoteHangup, now),
-                }
+                attempt.handle(OutboundEvent::RemoteHangup, now)
             }
             CallEvent::Shutdown => attempt.handle(OutboundEvent::Shutdown, now),
             CallEvent::Confirmed { .. } | CallEvent::ReInvite { .. } => {
