@@ -282,6 +282,72 @@ fn the_template_is_spoken_for_each_contact_by_text_to_speech() {
 }
 
 #[test]
+fn opt_out_key_in_a_reminder_stops_every_campaign_at_once() {
+    require_tool("sipp");
+    if !can_send_raw_rtp() {
+        panic!("this test plays an RTP pcap with SIPp and needs root (CAP_NET_RAW)");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let hello = work.path().join("hello.wav");
+    make_caller_wav("Hello?", &hello, 0.2).unwrap();
+    let pcap = work.path().join("hello-then-9.pcap");
+    DtmfPcap::new(&[(6000, '9')])
+        .audio(&hello)
+        .tail_ms(8000)
+        .write(&pcap)
+        .unwrap();
+    let trunk = Trunk {
+        sipp: uas("uas_answer_dtmf.xml", work.path())
+            .key("dtmf_pcap", &pcap.display().to_string())
+            .spawn(),
+    };
+    let daemon = start_daemon(trunk.addr(), "");
+    write_campaign(&daemon, "first", "", &[("o1", "+15551230016")]);
+    let (ok, out) = cli(&daemon, &["campaign", "start", "first"]);
+    assert!(ok, "{out}");
+    let rows = wait_ended(&daemon, "first", 1, Duration::from_secs(40));
+    assert_eq!(
+        rows[0]["outcome"],
+        "opted_out",
+        "{rows:?}\n{}",
+        daemon.log_tail(40)
+    );
+    // On the global list at once, with this campaign as its source.
+    let (ok, list) = cli(&daemon, &["opt-outs", "--json"]);
+    assert!(ok, "{list}");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["number"] == "+15551230016"
+                && r["source"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("campaign:first")),
+        "{list}"
+    );
+    // Another campaign (another customer id, the same number) never calls it.
+    write_campaign(&daemon, "second", "", &[("o1-other", "+1 555 123 0016")]);
+    let (ok, out) = cli(&daemon, &["campaign", "start", "second"]);
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let trail = audit(&daemon, "second");
+        if let Some(a) = trail.iter().find(|a| a["decision"] == "skipped") {
+            assert!(a["reason"].contains("opted out"), "{a:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not skipped: {trail:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        report(&daemon, "second").is_empty(),
+        "the opted-out number was dialled"
+    );
+}
+
+#[test]
 fn busy_is_scheduled_for_a_retry_after_its_delay() {
     let work = tempfile::tempdir().unwrap();
     let trunk = Trunk {

@@ -743,3 +743,68 @@ fn contact_move(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trunk_state() -> TrunkState {
+        TrunkState {
+            trunk: Arc::new(Trunk {
+                name: "main".into(),
+                address: "127.0.0.1:5070".parse().unwrap(),
+                tcp: false,
+                domain: "127.0.0.1:5070".into(),
+                credentials: None,
+                register: None,
+                calls_per_second: 5.0,
+                max_concurrent: 3,
+                ring_timeout: Duration::from_secs(30),
+            }),
+            limiter: rate_limiter(5.0),
+            active: AtomicU32::new(0),
+            backoff: Mutex::new((None, Duration::ZERO)),
+        }
+    }
+
+    #[test]
+    fn a_503_backs_the_trunk_off_doubling_up_to_two_minutes_and_an_answer_resets_it() {
+        let t = trunk_state();
+        let t0 = Instant::now();
+        assert!(!t.in_backoff(t0));
+        t.note_status(Some(503), t0);
+        assert!(t.in_backoff(t0 + Duration::from_millis(4900)));
+        assert!(!t.in_backoff(t0 + Duration::from_secs(5)));
+        t.note_status(Some(503), t0);
+        assert!(t.in_backoff(t0 + Duration::from_millis(9900)));
+        for _ in 0..10 {
+            t.note_status(Some(503), t0);
+        }
+        assert!(t.in_backoff(t0 + Duration::from_secs(119)));
+        assert!(
+            !t.in_backoff(t0 + Duration::from_secs(120)),
+            "capped at 2 minutes"
+        );
+        // A 5xx other than 503, or no status (a timeout), keeps the back-off as it is.
+        t.note_status(Some(500), t0);
+        t.note_status(None, t0);
+        assert!(t.in_backoff(t0 + Duration::from_secs(60)));
+        // The trunk answered (2xx..4xx): back to normal at once.
+        t.note_status(Some(486), t0);
+        assert!(!t.in_backoff(t0));
+        t.note_status(Some(503), t0);
+        assert!(
+            !t.in_backoff(t0 + Duration::from_secs(5)),
+            "starts again from 5 s"
+        );
+    }
+
+    #[test]
+    fn ledger_rule_keeps_the_campaign_rule() {
+        let rule = policy::FatigueRule::default();
+        let l = ledger_rule(&rule).unwrap();
+        assert_eq!(l.max_contacts().get(), 1);
+        assert_eq!(l.window_ms(), 7 * 24 * 3600 * 1000);
+        assert_eq!(l.counts_from(), Reach::AnsweredByPerson);
+    }
+}
