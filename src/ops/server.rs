@@ -98,6 +98,12 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let speech = {
         let (cfg, dialplan) = (cfg.clone(), dialplan.clone());
         tokio::task::spawn_blocking(move || {
+            // Recognition models are large (a small one is ~500 MB in memory): load only the
+            // one for the language calls run in.
+            let mut cfg = cfg;
+            cfg.speech
+                .models
+                .retain(|lang, _| lang.as_str() == dialplan.language());
             let speech = super::speech::Speech::load(&cfg);
             speech.prerender(&dialplan);
             Arc::new(speech)
