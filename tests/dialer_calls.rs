@@ -73,8 +73,13 @@ fn cli(daemon: &Daemon, args: &[&str]) -> (bool, String) {
 }
 
 fn report(daemon: &Daemon, name: &str) -> Vec<HashMap<String, String>> {
-    let (ok, text) = cli(daemon, &["campaign", "report", name, "--csv"]);
-    assert!(ok, "report failed: {text}");
+    csv_command(daemon, &["campaign", "report", name, "--csv"])
+}
+
+/// Runs a CLI command that prints CSV; one map per row, by header.
+fn csv_command(daemon: &Daemon, args: &[&str]) -> Vec<HashMap<String, String>> {
+    let (ok, text) = cli(daemon, args);
+    assert!(ok, "{args:?} failed: {text}");
     let mut rd = csv::Reader::from_reader(text.as_bytes());
     let header = rd.headers().unwrap().clone();
     rd.records()
@@ -195,20 +200,7 @@ fn person_answers_hears_the_reminder_and_confirms_with_1() {
 }
 
 fn audit(daemon: &Daemon, name: &str) -> Vec<HashMap<String, String>> {
-    let (ok, text) = cli(daemon, &["campaign", "audit", name, "--csv"]);
-    assert!(ok, "audit failed: {text}");
-    let mut rd = csv::Reader::from_reader(text.as_bytes());
-    let header = rd.headers().unwrap().clone();
-    rd.records()
-        .map(|r| {
-            let r = r.unwrap();
-            header
-                .iter()
-                .zip(r.iter())
-                .map(|(h, v)| (h.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
+    csv_command(daemon, &["campaign", "audit", name, "--csv"])
 }
 
 #[test]

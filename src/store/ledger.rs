@@ -1174,32 +1174,37 @@ impl Store {
         .map_err(self.query_err(OP))?;
         records
             .into_iter()
-            .map(|r| {
-                let state = ClaimState::parse(&r.state).ok_or_else(|| {
-                    self.ledger_corrupt(
-                        OP,
-                        r.id,
-                        "state",
-                        format!("unknown claim state {:?}", r.state),
-                    )
-                })?;
-                let reach = r
-                    .reach
-                    .map(|rank| {
-                        Reach::from_rank(rank).ok_or_else(|| {
-                            self.ledger_corrupt(OP, r.id, "reach", format!("unknown reach {rank}"))
-                        })
-                    })
-                    .transpose()?;
-                Ok(LedgerEntry {
-                    claim_id: r.id,
-                    campaign_id: r.campaign_id,
-                    claimed_at_ms: r.claimed_at_ms,
-                    state,
-                    reach,
+            .map(|r| self.ledger_entry(OP, r.id, r.campaign_id, r.claimed_at_ms, &r.state, r.reach))
+            .collect()
+    }
+
+    /// A claim row as a [`LedgerEntry`], refusing states and reaches this version does not know.
+    fn ledger_entry(
+        &self,
+        op: &'static str,
+        id: i64,
+        campaign_id: String,
+        claimed_at_ms: i64,
+        state: &str,
+        reach: Option<i64>,
+    ) -> Result<LedgerEntry, StoreError> {
+        let state = ClaimState::parse(state).ok_or_else(|| {
+            self.ledger_corrupt(op, id, "state", format!("unknown claim state {state:?}"))
+        })?;
+        let reach = reach
+            .map(|rank| {
+                Reach::from_rank(rank).ok_or_else(|| {
+                    self.ledger_corrupt(op, id, "reach", format!("unknown reach {rank}"))
                 })
             })
-            .collect()
+            .transpose()?;
+        Ok(LedgerEntry {
+            claim_id: id,
+            campaign_id,
+            claimed_at_ms,
+            state,
+            reach,
+        })
     }
 
     /// [`Store::counted_contacts`] for many customers in one query, by customer.
@@ -1234,29 +1239,9 @@ impl Store {
         }
         .map_err(self.query_err(OP))?;
         for r in records {
-            let state = ClaimState::parse(&r.state).ok_or_else(|| {
-                self.ledger_corrupt(
-                    OP,
-                    r.id,
-                    "state",
-                    format!("unknown claim state {:?}", r.state),
-                )
-            })?;
-            let reach = r
-                .reach
-                .map(|rank| {
-                    Reach::from_rank(rank).ok_or_else(|| {
-                        self.ledger_corrupt(OP, r.id, "reach", format!("unknown reach {rank}"))
-                    })
-                })
-                .transpose()?;
-            out.entry(r.customer_id).or_default().push(LedgerEntry {
-                claim_id: r.id,
-                campaign_id: r.campaign_id,
-                claimed_at_ms: r.claimed_at_ms,
-                state,
-                reach,
-            });
+            let entry =
+                self.ledger_entry(OP, r.id, r.campaign_id, r.claimed_at_ms, &r.state, r.reach)?;
+            out.entry(r.customer_id).or_default().push(entry);
         }
         Ok(out)
     }
