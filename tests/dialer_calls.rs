@@ -147,22 +147,28 @@ impl Trunk {
     }
 }
 
-#[test]
-fn person_answers_hears_the_reminder_and_confirms_with_1() {
+/// A person who answers "Hello?", then (while the reminder plays) presses `key` at `at_ms`
+/// after the answer: the pcap `uas_answer_dtmf.xml` plays. Needs root (raw RTP).
+fn hello_then_key(dir: &Path, at_ms: u32, key: char) -> std::path::PathBuf {
     require_tool("sipp");
     if !can_send_raw_rtp() {
         panic!("this test plays an RTP pcap with SIPp and needs root (CAP_NET_RAW)");
     }
-    let work = tempfile::tempdir().unwrap();
-    let hello = work.path().join("hello.wav");
+    let hello = dir.join("hello.wav");
     make_caller_wav("Hello?", &hello, 0.2).unwrap();
-    let pcap = work.path().join("hello-then-1.pcap");
-    // "Hello?", silence (the detector hears a person), then 1 while the reminder plays.
-    DtmfPcap::new(&[(6000, '1')])
+    let pcap = dir.join(format!("hello-then-{key}.pcap"));
+    DtmfPcap::new(&[(at_ms, key)])
         .audio(&hello)
         .tail_ms(8000)
         .write(&pcap)
         .unwrap();
+    pcap
+}
+
+#[test]
+fn person_answers_hears_the_reminder_and_confirms_with_1() {
+    let work = tempfile::tempdir().unwrap();
+    let pcap = hello_then_key(work.path(), 6000, '1');
     let trunk = Trunk {
         sipp: uas("uas_answer_dtmf.xml", work.path())
             .key("dtmf_pcap", &pcap.display().to_string())
@@ -205,10 +211,6 @@ fn audit(daemon: &Daemon, name: &str) -> Vec<HashMap<String, String>> {
 
 #[test]
 fn the_template_is_spoken_for_each_contact_by_text_to_speech() {
-    require_tool("sipp");
-    if !can_send_raw_rtp() {
-        panic!("this test plays an RTP pcap with SIPp and needs root (CAP_NET_RAW)");
-    }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let voice = repo.join(".cache/speech/voices/en_US-joe-medium.onnx");
     assert!(
@@ -216,14 +218,7 @@ fn the_template_is_spoken_for_each_contact_by_text_to_speech() {
         "needs the Piper voice: run scripts/setup-piper.sh"
     );
     let work = tempfile::tempdir().unwrap();
-    let hello = work.path().join("hello.wav");
-    make_caller_wav("Hello?", &hello, 0.2).unwrap();
-    let pcap = work.path().join("hello-then-1.pcap");
-    DtmfPcap::new(&[(7000, '1')])
-        .audio(&hello)
-        .tail_ms(8000)
-        .write(&pcap)
-        .unwrap();
+    let pcap = hello_then_key(work.path(), 7000, '1');
     // The trunk starts after the daemon, whose first start renders the demo bank's texts.
     let trunk_port = free_port();
     let trunk_addr = std::net::SocketAddr::from(([127, 0, 0, 1], trunk_port));
@@ -275,19 +270,8 @@ fn the_template_is_spoken_for_each_contact_by_text_to_speech() {
 
 #[test]
 fn opt_out_key_in_a_reminder_stops_every_campaign_at_once() {
-    require_tool("sipp");
-    if !can_send_raw_rtp() {
-        panic!("this test plays an RTP pcap with SIPp and needs root (CAP_NET_RAW)");
-    }
     let work = tempfile::tempdir().unwrap();
-    let hello = work.path().join("hello.wav");
-    make_caller_wav("Hello?", &hello, 0.2).unwrap();
-    let pcap = work.path().join("hello-then-9.pcap");
-    DtmfPcap::new(&[(6000, '9')])
-        .audio(&hello)
-        .tail_ms(8000)
-        .write(&pcap)
-        .unwrap();
+    let pcap = hello_then_key(work.path(), 6000, '9');
     let trunk = Trunk {
         sipp: uas("uas_answer_dtmf.xml", work.path())
             .key("dtmf_pcap", &pcap.display().to_string())

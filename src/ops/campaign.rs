@@ -111,8 +111,9 @@ pub fn check(cfg: &Config, name: &str) -> ExitCode {
     }
 }
 
-/// Runs `f` on a fresh single-threaded runtime with the store open, and closes the store.
-fn with_store<T, F, Fut>(cfg: &Config, f: F) -> Result<T, String>
+/// Runs `f` on a fresh single-threaded runtime with the store open, and closes the store:
+/// how every offline command (`cdr`, `opt-outs`, `campaign ...`) reaches the database.
+pub(crate) fn with_store<T, F, Fut>(cfg: &Config, f: F) -> Result<T, String>
 where
     F: FnOnce(Store) -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,

@@ -87,17 +87,9 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<T>, crate::store::StoreError>>,
 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let store = Store::open(&cfg.storage_url()).await?;
-        let rows = query(store.clone()).await;
-        store.close().await;
-        rows
+    super::campaign::with_store(cfg, |store| async move {
+        query(store).await.map_err(|e| e.to_string())
     })
-    .map_err(|e| e.to_string())
 }
 
 /// Prints rows as JSON or through `table`; the exit status says whether it worked.
