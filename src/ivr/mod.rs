@@ -1,3 +1,4 @@
-//! The IVR: dialplan files and the per-call flow state machine.
+//! The IVR: dialplan files, the caller profile and the per-call flow state machine.
+pub mod caller;
 pub mod dialplan;
 pub mod flow;
