@@ -353,6 +353,9 @@ pub async fn run_call(
             )
             .to_string()
         }),
+        customer_id: None,
+        routing: None,
+        recording: None,
     };
     if let Err(e) = ctx.store.cdr_end(cdr_id, &end).await {
         tracing::error!(call_id = %c.call_id, error = %e, "cannot finish CDR");

@@ -176,6 +176,12 @@ pub struct CdrEnd {
     pub rtp_stats: Option<String>,
     /// What the caller said in each menu: a JSON array, stored verbatim.
     pub transcripts: Option<String>,
+    /// The caller lookup's customer id.
+    pub customer_id: Option<String>,
+    /// Lookup, voiceprint, queue and agent facts: a JSON object, stored verbatim.
+    pub routing: Option<String>,
+    /// Path of the call recording.
+    pub recording: Option<String>,
 }
 
 /// One CDR as stored. Timestamps serialise as RFC 3339 UTC with milliseconds.
@@ -206,6 +212,9 @@ pub struct CdrRow {
     pub codec: Option<String>,
     pub rtp_stats: Option<String>,
     pub transcripts: Option<String>,
+    pub customer_id: Option<String>,
+    pub routing: Option<String>,
+    pub recording: Option<String>,
 }
 
 /// One opt-out entry.
@@ -264,6 +273,9 @@ struct CdrRecord {
     codec: Option<String>,
     rtp_stats: Option<String>,
     transcripts: Option<String>,
+    customer_id: Option<String>,
+    routing: Option<String>,
+    recording: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -285,19 +297,19 @@ const ANSWER_CDR: &str = "UPDATE cdrs SET answered_at_ms = $2 WHERE id = $1";
 const PROGRESS_CDR: &str = "UPDATE cdrs SET path = $2, digits = $3 WHERE id = $1";
 const END_CDR: &str = "UPDATE cdrs SET ended_at_ms = $2, \
      answered_at_ms = COALESCE($3, answered_at_ms), path = $4, digits = $5, outcome = $6, \
-     hangup_cause = $7, hangup_side = $8, codec = $9, rtp_stats = $10, transcripts = $11 \
-     WHERE id = $1";
+     hangup_cause = $7, hangup_side = $8, codec = $9, rtp_stats = $10, transcripts = $11, \
+     customer_id = $12, routing = $13, recording = $14 WHERE id = $1";
 const CLOSE_INTERRUPTED: &str = "UPDATE cdrs SET ended_at_ms = $1, outcome = 'interrupted', \
      hangup_cause = COALESCE(hangup_cause, 'process-stopped'), \
      hangup_side = COALESCE(hangup_side, 'warmline') WHERE ended_at_ms IS NULL";
 const RECENT_CDRS: &str = "SELECT id, call_id, direction, from_uri, to_uri, caller_number, \
      remote_addr, transport, dialplan, started_at_ms, answered_at_ms, ended_at_ms, path, digits, \
-     outcome, hangup_cause, hangup_side, codec, rtp_stats, transcripts \
-     FROM cdrs ORDER BY started_at_ms DESC, id DESC LIMIT $1";
+     outcome, hangup_cause, hangup_side, codec, rtp_stats, transcripts, customer_id, routing, \
+     recording FROM cdrs ORDER BY started_at_ms DESC, id DESC LIMIT $1";
 const CDR_BY_CALL_ID: &str = "SELECT id, call_id, direction, from_uri, to_uri, caller_number, \
      remote_addr, transport, dialplan, started_at_ms, answered_at_ms, ended_at_ms, path, digits, \
-     outcome, hangup_cause, hangup_side, codec, rtp_stats, transcripts \
-     FROM cdrs WHERE call_id = $1 ORDER BY started_at_ms DESC, id DESC LIMIT 1";
+     outcome, hangup_cause, hangup_side, codec, rtp_stats, transcripts, customer_id, routing, \
+     recording FROM cdrs WHERE call_id = $1 ORDER BY started_at_ms DESC, id DESC LIMIT 1";
 const INSERT_OPT_OUT: &str = "INSERT INTO opt_outs \
      (number, raw_number, scope, source, call_id, created_at_ms) \
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, number) DO NOTHING";
@@ -485,6 +497,9 @@ impl Store {
                 OptText(e.codec.clone()),
                 OptText(e.rtp_stats.clone()),
                 OptText(e.transcripts.clone()),
+                OptText(e.customer_id.clone()),
+                OptText(e.routing.clone()),
+                OptText(e.recording.clone()),
             ];
             let done = self.write_rows(w, OP, END_CDR, args).await?;
             return self.expect_one(OP, id, done);
@@ -501,6 +516,9 @@ impl Store {
             .bind(e.codec.as_deref())
             .bind(e.rtp_stats.as_deref())
             .bind(e.transcripts.as_deref())
+            .bind(e.customer_id.as_deref())
+            .bind(e.routing.as_deref())
+            .bind(e.recording.as_deref())
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))
@@ -739,6 +757,9 @@ impl Store {
             codec: r.codec,
             rtp_stats: r.rtp_stats,
             transcripts: r.transcripts,
+            customer_id: r.customer_id,
+            routing: r.routing,
+            recording: r.recording,
         })
     }
 }
@@ -1008,6 +1029,9 @@ mod tests {
             codec: Some("PCMU".to_owned()),
             rtp_stats: Some(r#"{"rx":1500,"tx":1490,"lost":0}"#.to_owned()),
             transcripts: Some(r#"[{"menu":"main","text":"lost card"}]"#.to_owned()),
+            customer_id: Some("C-1001".to_owned()),
+            routing: Some(r#"{"queue":"agents","agent":"alice"}"#.to_owned()),
+            recording: Some("/var/lib/warmline/recordings/2026-11-22/abc.wav".to_owned()),
         };
         store.cdr_end(id, &end).await.expect("end");
 
@@ -1038,6 +1062,9 @@ mod tests {
             codec: Some("PCMU".into()),
             rtp_stats: end.rtp_stats.clone(),
             transcripts: end.transcripts.clone(),
+            customer_id: end.customer_id.clone(),
+            routing: end.routing.clone(),
+            recording: end.recording.clone(),
         };
         assert_eq!(row, expected);
 
@@ -1074,6 +1101,9 @@ mod tests {
             codec: None,
             rtp_stats: None,
             transcripts: None,
+            customer_id: None,
+            routing: None,
+            recording: None,
         };
         store.cdr_end(id, &end).await.expect("end");
         let row = store
@@ -1114,6 +1144,9 @@ mod tests {
             codec: Some("PCMA".into()),
             rtp_stats: None,
             transcripts: None,
+            customer_id: None,
+            routing: None,
+            recording: None,
         };
         store.cdr_end(done, &end).await.expect("end");
         let live = store
