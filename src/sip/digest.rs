@@ -48,7 +48,7 @@ impl Algorithm {
         }
     }
 
-    fn parse(v: &str) -> Result<Algorithm, DigestError> {
+    pub(crate) fn parse(v: &str) -> Result<Algorithm, DigestError> {
         let alg = match v.to_ascii_lowercase().as_str() {
             "md5" => Algorithm::Md5,
             "md5-sess" => Algorithm::Md5Sess,
@@ -59,7 +59,7 @@ impl Algorithm {
         Ok(alg)
     }
 
-    fn is_sess(self) -> bool {
+    pub(crate) fn is_sess(self) -> bool {
         matches!(self, Algorithm::Md5Sess | Algorithm::Sha256Sess)
     }
 
@@ -73,7 +73,7 @@ impl Algorithm {
         }
     }
 
-    fn hash(self, data: &str) -> String {
+    pub(crate) fn hash(self, data: &str) -> String {
         match self {
             Algorithm::Md5 | Algorithm::Md5Sess => hex(&Md5::digest(data.as_bytes())),
             Algorithm::Sha256 | Algorithm::Sha256Sess => hex(&Sha256::digest(data.as_bytes())),
@@ -243,6 +243,132 @@ pub fn authorization(
     Ok(out)
 }
 
+/// The parameters of a client's `Authorization` value (RFC 7616 3.4), as a server reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationParams {
+    pub username: String,
+    pub realm: String,
+    pub nonce: String,
+    pub uri: String,
+    pub response: String,
+    pub algorithm: Algorithm,
+    pub cnonce: Option<String>,
+    /// `auth` when present (we never offer `auth-int`).
+    pub qop: Option<String>,
+    /// The nonce count, parsed from its 8 hex digits.
+    pub nc: Option<u32>,
+    pub opaque: Option<String>,
+}
+
+/// Parses one `Authorization` / `Proxy-Authorization` value such as
+/// `Digest username="bob", realm="r", nonce="n", uri="sip:r", response="...", qop=auth, nc=00000001, cnonce="c"`.
+pub fn parse_authorization(value: &str) -> Result<AuthorizationParams, DigestError> {
+    let value = value.trim();
+    let (scheme, rest) = match value.find([' ', '\t']) {
+        Some(i) => (value.get(..i).unwrap_or(""), value.get(i..).unwrap_or("")),
+        None => (value, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("digest") {
+        return Err(DigestError::NotDigest(truncate_for_log(scheme)));
+    }
+    let mut slots: [Option<String>; 10] = Default::default();
+    const NAMES: [&str; 10] = [
+        "username",
+        "realm",
+        "nonce",
+        "uri",
+        "response",
+        "algorithm",
+        "cnonce",
+        "qop",
+        "nc",
+        "opaque",
+    ];
+    for (name, v) in auth_params(rest)? {
+        let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)) else {
+            continue; // userhash, extensions
+        };
+        let Some(slot) = slots.get_mut(i) else {
+            continue;
+        };
+        if slot.is_some() {
+            return Err(DigestError::Malformed(format!(
+                "parameter {} appears twice",
+                truncate_for_log(name)
+            )));
+        }
+        *slot = Some(v);
+    }
+    let [username, realm, nonce, uri, response, algorithm, cnonce, qop, nc, opaque] = slots;
+    let nc = match nc {
+        None => None,
+        Some(v) if v.len() == 8 && v.bytes().all(|b| b.is_ascii_hexdigit()) => Some(
+            u32::from_str_radix(&v, 16)
+                .map_err(|_| DigestError::Malformed(format!("bad nc {}", truncate_for_log(&v))))?,
+        ),
+        Some(v) => {
+            return Err(DigestError::Malformed(format!(
+                "nc {} is not 8 hex digits",
+                truncate_for_log(&v)
+            )))
+        }
+    };
+    Ok(AuthorizationParams {
+        username: username.ok_or(DigestError::MissingParameter("username"))?,
+        realm: realm.ok_or(DigestError::MissingParameter("realm"))?,
+        nonce: nonce.ok_or(DigestError::MissingParameter("nonce"))?,
+        uri: uri.ok_or(DigestError::MissingParameter("uri"))?,
+        response: response.ok_or(DigestError::MissingParameter("response"))?,
+        algorithm: match algorithm {
+            Some(a) => Algorithm::parse(&a)?,
+            None => Algorithm::Md5,
+        },
+        cnonce,
+        qop,
+        nc,
+        opaque,
+    })
+}
+
+/// HMAC-SHA-256 (RFC 2104) over the concatenation of `parts`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        let h = Sha256::digest(key);
+        for (d, s) in k.iter_mut().zip(h.iter()) {
+            *d = *s;
+        }
+    } else {
+        for (d, s) in k.iter_mut().zip(key.iter()) {
+            *d = *s;
+        }
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    for p in parts {
+        inner.update(p);
+    }
+    let inner = inner.finalize();
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner);
+    let mut out = [0u8; 32];
+    for (d, s) in out.iter_mut().zip(outer.finalize().iter()) {
+        *d = *s;
+    }
+    out
+}
+
+/// Equality whose running time does not depend on where the inputs differ.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 /// Splits `name=value, name="quoted, value"` pairs; quoted values are unescaped.
 fn auth_params(s: &str) -> Result<Vec<(&str, String)>, DigestError> {
     let bytes = s.as_bytes();
@@ -357,7 +483,7 @@ fn check_value(what: &'static str, v: &str) -> Result<(), DigestError> {
 }
 
 /// A quoted-string with `"` and `\` escaped (RFC 3261 25.1).
-fn quote(v: &str) -> String {
+pub(crate) fn quote(v: &str) -> String {
     let mut out = String::with_capacity(v.len() + 2);
     out.push('"');
     for c in v.chars() {
@@ -370,7 +496,7 @@ fn quote(v: &str) -> String {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -612,6 +738,62 @@ mod tests {
         ));
     }
 
+    /// RFC 4231 test cases 1, 2 and 6 (key longer than the block).
+    #[test]
+    fn hmac_sha256_rfc4231_vectors() {
+        assert_eq!(
+            hex(&hmac_sha256(&[0x0b; 20], &[b"Hi There"])),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        assert_eq!(
+            hex(&hmac_sha256(
+                b"Jefe",
+                &[b"what do ya want ", b"for nothing?"]
+            )),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex(&hmac_sha256(
+                &[0xaa; 131],
+                &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+        assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"ab", b"abc"));
+    }
+
+    #[test]
+    fn parse_authorization_reads_what_the_client_writes() {
+        let ch = parse_challenge(&RFC7616_CHALLENGE.replace("ALG", "SHA-256")).unwrap();
+        let h = authorization(
+            &ch,
+            &mufasa("Circle of Life"),
+            "GET",
+            "/dir/index.html",
+            0x1a,
+            RFC7616_CNONCE,
+        )
+        .unwrap();
+        let a = parse_authorization(&h).unwrap();
+        assert_eq!(a.username, "Mufasa");
+        assert_eq!(a.realm, "http-auth@example.org");
+        assert_eq!(a.uri, "/dir/index.html");
+        assert_eq!(a.algorithm, Algorithm::Sha256);
+        assert_eq!(a.nc, Some(0x1a));
+        assert_eq!(a.qop.as_deref(), Some("auth"));
+        assert_eq!(a.cnonce.as_deref(), Some(RFC7616_CNONCE));
+        assert_eq!(a.response, param(&h, "response").unwrap());
+        assert!(a.opaque.is_some());
+        for bad in [
+            "Basic abc",
+            "Digest realm=\"r\"",
+            "Digest username=\"u\", realm=\"r\", nonce=\"n\", uri=\"u\", response=\"x\", nc=1",
+            "Digest username=\"u\", username=\"v\"",
+        ] {
+            assert!(parse_authorization(bad).is_err(), "{bad}");
+        }
+    }
+
     mod fuzz {
         use super::*;
         use proptest::prelude::*;
@@ -628,6 +810,8 @@ mod tests {
             #[test]
             fn any_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..200)) {
                 let s = String::from_utf8_lossy(&b);
+                let _ = parse_authorization(&s);
+                let _ = parse_authorization(&format!("Digest {s}"));
                 let _ = parse_challenge(&s);
                 let _ = best_challenge([s.as_ref(), "Digest realm=r, nonce=n"]);
             }

@@ -7,6 +7,11 @@
 //! `Event::Failed`; `cancel` gives up) -> ... -> `hangup` or `Event::Ended`.
 //! Trunk registration: `register` -> `Event::Registered` on every (re-)registration, or
 //! `Event::RegistrationFailed` and a retry later -> `unregister`.
+//! Agents (server side): REGISTER with digest auth -> `Event::AgentRegistered` /
+//! `Event::AgentUnregistered`; `agent_contact` says where to call one.
+//! Blind transfer: `refer` -> `Event::TransferProgress`* -> `TransferDone` or `TransferFailed`.
+//! Every input first passes the [`Guard`] (ACLs, rate limit, blocks): dropped inputs are
+//! not parsed and get no answer.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,13 +21,18 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rsip::Header;
 
+use crate::sip::auth::{raw_header_values, AuthConfig, AuthConfigError, DigestServer, Verdict};
 use crate::sip::dialog::{Dialog, DialogRole, DialogState, OutRequest, PendingReInvite};
 use crate::sip::digest::{self, Challenge, DigestError};
+use crate::sip::guard::{Guard, GuardConfig, GuardCounters};
 use crate::sip::message::{
     self, hdr, reason_phrase, serialize_request, Message, Method, NameAddr, ParseFailure, Request,
     Response, ResponseCtx,
 };
 pub use crate::sip::message::{Limits, SipError};
+use crate::sip::registrar::{
+    Binding, RegisterOutcome, RegisterRequest, Registrar, RegistrarConfig, RegistrarEvent,
+};
 use crate::sip::transaction::{
     InviteResponse, ServerTxInit, TimerValues, TransactionLayer, TxEvent, TxId, TxKey, TxKind,
     TxState,
@@ -46,6 +56,13 @@ pub struct EndpointConfig {
     pub t2: Duration,
     pub t4: Duration,
     pub limits: Limits,
+    /// ACLs, rate limit, failed-auth blocks (`[sip.guard]`).
+    pub guard: GuardConfig,
+    /// Digest accounts for agents and inbound callers (`[sip.auth]`). With no users the
+    /// registrar is off (REGISTER gets 405).
+    pub auth: AuthConfig,
+    /// Binding lifetimes (`[sip.registrar]`).
+    pub registrar: RegistrarConfig,
 }
 
 impl EndpointConfig {
@@ -58,6 +75,9 @@ impl EndpointConfig {
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
             limits: Limits::default(),
+            guard: GuardConfig::permissive(),
+            auth: AuthConfig::default(),
+            registrar: RegistrarConfig::default(),
         }
     }
 }
@@ -83,6 +103,9 @@ pub struct IncomingCall {
     pub remote_sdp: Option<Vec<u8>>,
     pub source: SocketAddr,
     pub transport: Transport,
+    /// The digest user when the INVITE had to authenticate (`[sip.auth] inbound`); `None`
+    /// for trunk sources and when inbound authentication is off.
+    pub auth_user: Option<String>,
 }
 
 /// Digest credentials for a trunk (RFC 3261 22). `Debug` does not print the password.
@@ -203,9 +226,56 @@ pub enum Event {
         status: u16,
         reason: String,
     },
+    /// An agent registered a new contact (or moved); refreshes are silent.
+    AgentRegistered {
+        user: String,
+        /// Contact URI: the Request-URI to call the agent with.
+        contact: String,
+        /// Where its REGISTER came from: the destination to call it at (NAT).
+        source: SocketAddr,
+        transport: Transport,
+        expires: Duration,
+    },
+    /// The agent's last binding went away (unregistered or expired).
+    AgentUnregistered {
+        user: String,
+    },
+    /// Our REFER was accepted (the 2xx status), or a NOTIFY reported a provisional status.
+    TransferProgress {
+        call: CallHandle,
+        status: u16,
+    },
+    /// A NOTIFY reported a 2xx: the transfer target answered. Hang up when ready.
+    TransferDone {
+        call: CallHandle,
+    },
+    /// The REFER was refused (its status; 408 on timeout) or a NOTIFY reported a final
+    /// failure (that status; 0 if the subscription ended without one). The call stays up.
+    TransferFailed {
+        call: CallHandle,
+        status: u16,
+        reason: String,
+    },
 }
 
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+/// Security counters for metrics (all monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecurityCounters {
+    /// Inputs dropped by the deny/allow ACLs.
+    pub acl_drops: u64,
+    /// Inputs dropped because their source is blocked.
+    pub blocked_drops: u64,
+    /// Inputs dropped by the per-source rate limit.
+    pub rate_limited_drops: u64,
+    /// Wrong digest answers (wrong password or unknown user).
+    pub auth_failures: u64,
+    /// Blocks started after repeated failures.
+    pub blocks: u64,
+    /// 401 challenges sent.
+    pub challenges: u64,
+}
+
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY";
 const ACCEPT: &str = "application/sdp, application/dtmf-relay, application/dtmf";
 /// Wait before retrying a failed registration.
 const REGISTER_RETRY: Duration = Duration::from_secs(30);
@@ -219,6 +289,33 @@ const MAX_CSEQ: u32 = i32::MAX as u32;
 const MAX_FORKS: usize = 16;
 /// Distinct (proxy, realm) challenges answered for one call or registration.
 const MAX_REALMS: usize = 4;
+/// Extra headers accepted by `invite_with_headers`.
+const MAX_EXTRA_HEADERS: usize = 16;
+/// Headers the endpoint writes itself: `invite_with_headers` refuses them.
+const RESERVED_HEADERS: &[&str] = &[
+    "via",
+    "v",
+    "from",
+    "f",
+    "to",
+    "t",
+    "call-id",
+    "i",
+    "cseq",
+    "contact",
+    "m",
+    "content-length",
+    "l",
+    "content-type",
+    "c",
+    "max-forwards",
+    "authorization",
+    "proxy-authorization",
+    "route",
+    "record-route",
+    "allow",
+    "user-agent",
+];
 
 /// Key of an endpoint-level timer: deadline plus a unique sequence number.
 type TimerKey = (Instant, u64);
@@ -376,6 +473,15 @@ struct UacCall {
     answered: bool,
     /// ACKs sent per 2xx To tag, re-sent when that 2xx is retransmitted.
     acks: Vec<(String, OutRequest)>,
+    /// Caller-supplied headers (e.g. `X-Warmline-Whisper`), sent with every INVITE.
+    extra_headers: Vec<Header>,
+}
+
+/// A blind transfer (REFER) in progress on a call.
+#[derive(Debug)]
+struct Transfer {
+    /// The REFER transaction until its final response.
+    tx: Option<TxId>,
 }
 
 /// One registration binding kept alive by `register`.
@@ -414,16 +520,66 @@ pub struct Endpoint {
     next_reg: u64,
     timers: BTreeMap<TimerKey, EpTimer>,
     next_timer: u64,
+    guard: Guard,
+    /// Present when `[sip.auth]` has users or asks for inbound authentication.
+    digest: Option<DigestServer>,
+    /// Present when there are users to register.
+    registrar: Option<Registrar>,
+    transfers: HashMap<CallHandle, Transfer>,
+    /// REFER client transaction -> call.
+    refer_by_tx: HashMap<TxId, CallHandle>,
+    challenges: u64,
 }
 
 impl Endpoint {
+    /// As [`Endpoint::try_new`]; an invalid `[sip.auth]` is logged and authentication then
+    /// fails closed: no agent can register and, with `inbound`, no non-trunk call gets in.
     pub fn new(cfg: EndpointConfig) -> Self {
+        match Self::try_new(cfg.clone()) {
+            Ok(ep) => ep,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid SIP authentication settings: nobody can authenticate");
+                let mut ep = Self::build(cfg, None);
+                if ep.cfg.auth.inbound {
+                    let closed = AuthConfig {
+                        users: Vec::new(),
+                        ..AuthConfig::default()
+                    };
+                    ep.digest = DigestServer::new(&closed).ok();
+                }
+                ep
+            }
+        }
+    }
+
+    /// Builds the endpoint, refusing invalid digest settings.
+    pub fn try_new(cfg: EndpointConfig) -> Result<Self, AuthConfigError> {
+        let wants_auth = !cfg.auth.users.is_empty() || cfg.auth.inbound;
+        let digest = if wants_auth {
+            Some(DigestServer::new(&cfg.auth)?)
+        } else {
+            None
+        };
+        Ok(Self::build(cfg, digest))
+    }
+
+    fn build(cfg: EndpointConfig, digest: Option<DigestServer>) -> Self {
         let timers = TimerValues {
             t1: cfg.t1,
             t2: cfg.t2,
             t4: cfg.t4,
         };
+        let registrar = digest
+            .as_ref()
+            .filter(|d| d.has_users())
+            .map(|_| Registrar::new(cfg.registrar.clone()));
         Self {
+            guard: Guard::new(cfg.guard.clone()),
+            digest,
+            registrar,
+            transfers: HashMap::new(),
+            refer_by_tx: HashMap::new(),
+            challenges: 0,
             cfg,
             txs: TransactionLayer::new(timers),
             dialogs: HashMap::new(),
@@ -450,9 +606,13 @@ impl Endpoint {
         transport: Transport,
         data: &[u8],
     ) {
+        if let Err(why) = self.guard.admit(now, source.ip()) {
+            tracing::trace!(%source, ?why, "input dropped by the guard");
+            return;
+        }
         match message::parse(data, &self.cfg.limits) {
             Ok(None) => {}
-            Ok(Some(Message::Request(req))) => self.on_request(now, source, transport, req),
+            Ok(Some(Message::Request(req))) => self.on_request(now, source, transport, req, data),
             Ok(Some(Message::Response(resp))) => self.on_response(now, resp),
             Err(failure) => self.on_malformed(source, transport, failure),
         }
@@ -473,15 +633,20 @@ impl Endpoint {
                 EpTimer::Register(id) => self.on_register_timer(now, id, key),
             }
         }
+        if let Some(r) = self.registrar.as_mut() {
+            r.handle_timeout(now);
+        }
+        self.drain_registrar();
     }
 
     /// Earliest armed timer: transaction timers, cancel timeouts, registration refreshes.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let own = self.timers.keys().next().map(|k| k.0);
-        match (self.txs.next_deadline(), own) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let reg = self.registrar.as_ref().and_then(Registrar::poll_timeout);
+        [self.txs.next_deadline(), own, reg]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -503,6 +668,49 @@ impl Endpoint {
     /// Messages rejected at the parse stage so far (each logged by exactly one warning).
     pub fn malformed_messages(&self) -> u64 {
         self.malformed
+    }
+
+    /// Guard and authentication counters for metrics.
+    pub fn security_counters(&self) -> SecurityCounters {
+        let GuardCounters {
+            acl_drops,
+            blocked_drops,
+            rate_limited_drops,
+            auth_failures,
+            blocks,
+        } = self.guard.counters();
+        SecurityCounters {
+            acl_drops,
+            blocked_drops,
+            rate_limited_drops,
+            auth_failures,
+            blocks,
+            challenges: self.challenges,
+        }
+    }
+
+    /// True when input from `ip` would be dropped (deny/allow ACL or a block), without
+    /// using its rate budget: lets the shell refuse a TCP connection at accept.
+    pub fn refuses_source(&mut self, now: Instant, ip: std::net::IpAddr) -> bool {
+        self.guard.refuses(now, ip)
+    }
+
+    /// Sources currently blocked after failed authentications.
+    pub fn blocked_sources(&self) -> usize {
+        self.guard.blocked_sources()
+    }
+
+    /// Where to call agent `user`: its most recent live binding (contact URI as the
+    /// Request-URI, `source`/`transport` as destination).
+    pub fn agent_contact(&self, user: &str) -> Option<&Binding> {
+        self.registrar.as_ref()?.contact_of(user)
+    }
+
+    /// Agents with at least one live binding.
+    pub fn registered_agents(&self) -> usize {
+        self.registrar
+            .as_ref()
+            .map_or(0, Registrar::registered_users)
     }
 
     /// Sends 180 Ringing (ignored unless the call is still ringing).
@@ -653,6 +861,72 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Blind transfer (RFC 3515): sends REFER with `Refer-To: <target_uri>` in the call's
+    /// dialog. Then `TransferProgress` (the 202, NOTIFY 1xx), and `TransferDone` or
+    /// `TransferFailed`. One transfer at a time per call; the call itself stays up (hang up
+    /// after `TransferDone`).
+    pub fn refer(
+        &mut self,
+        call: CallHandle,
+        target_uri: &str,
+        now: Instant,
+    ) -> Result<(), SipError> {
+        check_uri("Refer-To", target_uri)?;
+        let d = self.dialogs.get(&call).ok_or(SipError::UnknownCall(call))?;
+        if d.state != DialogState::Confirmed {
+            return Err(invalid(call, "transfer", d.state));
+        }
+        if self.transfers.contains_key(&call) {
+            return Err(SipError::InvalidState {
+                call,
+                action: "transfer",
+                state: "already transferring",
+            });
+        }
+        let referred_by = NameAddr::parse(&d.local_party, "From")
+            .map(|n| format!("<{}>", n.uri))
+            .ok();
+        let transport = d.transport;
+        let branch = self.new_branch();
+        let (public_addr, ua) = (self.cfg.public_addr, self.cfg.user_agent.clone());
+        let contact = format!(
+            "<sip:warmline@{public_addr}{}>",
+            match transport {
+                Transport::Udp => "",
+                Transport::Tcp => ";transport=tcp",
+            }
+        );
+        let Some(d) = self.dialogs.get_mut(&call) else {
+            return Err(SipError::UnknownCall(call));
+        };
+        let out = d.build_request(Method::Refer, public_addr, &branch, &ua);
+        let mut extra = vec![
+            ("Refer-To", format!("<{target_uri}>")),
+            ("Contact", contact),
+        ];
+        if let Some(rb) = referred_by {
+            extra.push(("Referred-By", rb));
+        }
+        let payload = with_headers(out.payload, &extra);
+        let key = TxKey::Client {
+            branch,
+            method: "REFER".into(),
+        };
+        let tx = self.txs.create_client(
+            now,
+            key,
+            Method::Refer,
+            out.transport,
+            out.destination,
+            payload,
+            Some(call),
+            &mut self.transmits,
+        );
+        self.refer_by_tx.insert(tx, call);
+        self.transfers.insert(call, Transfer { tx: Some(tx) });
+        Ok(())
+    }
+
     // ----- outbound calls (UAC) -----
 
     /// Sends the INVITE (client transaction, Timer A/B); returns the handle and the Call-ID.
@@ -661,6 +935,47 @@ impl Endpoint {
         call: OutboundCall,
         now: Instant,
     ) -> Result<(CallHandle, String), SipError> {
+        self.invite_with_headers(call, &[], now)
+    }
+
+    /// As [`Endpoint::invite`], adding `extra_headers` (name, value) to every INVITE of the
+    /// call, e.g. `("X-Warmline-Whisper", "campaign 7")` for an agent's screen pop. Names
+    /// must be tokens and not headers the endpoint writes itself (Via, From, To, Contact,
+    /// CSeq, ...); values must have no control characters.
+    pub fn invite_with_headers(
+        &mut self,
+        call: OutboundCall,
+        extra_headers: &[(&str, &str)],
+        now: Instant,
+    ) -> Result<(CallHandle, String), SipError> {
+        if extra_headers.len() > MAX_EXTRA_HEADERS {
+            return Err(SipError::BadHeader {
+                header: "extra header",
+                detail: format!(
+                    "{} extra headers, at most {MAX_EXTRA_HEADERS}",
+                    extra_headers.len()
+                ),
+            });
+        }
+        let mut extra = Vec::with_capacity(extra_headers.len());
+        for (name, value) in extra_headers {
+            let name_ok = !name.is_empty()
+                && name.bytes().all(message::is_token_char)
+                && !RESERVED_HEADERS
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(name));
+            if !name_ok {
+                return Err(SipError::BadHeader {
+                    header: "extra header",
+                    detail: format!(
+                        "\"{}\" is not a header name the caller may set",
+                        message::truncate_for_log(name)
+                    ),
+                });
+            }
+            check_text("extra header", value)?;
+            extra.push(hdr(name, value.trim().to_string()));
+        }
         check_uri("Request-URI", &call.request_uri)?;
         check_uri("From", &call.from_uri)?;
         check_uri("To", &call.to_uri)?;
@@ -732,6 +1047,7 @@ impl Endpoint {
                 cancel_timer: None,
                 answered: false,
                 acks: Vec::new(),
+                extra_headers: extra,
             },
         );
         if let Err(reason) = self.send_invite(now, handle) {
@@ -920,7 +1236,14 @@ impl Endpoint {
         });
     }
 
-    fn on_request(&mut self, now: Instant, source: SocketAddr, transport: Transport, req: Request) {
+    fn on_request(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        transport: Transport,
+        req: Request,
+        data: &[u8],
+    ) {
         let Some(key) = TxKey::server(&req) else {
             return;
         };
@@ -961,7 +1284,7 @@ impl Endpoint {
         }
         match req.method {
             Method::Invite if req.to.tag.is_none() => {
-                self.on_invite(now, source, transport, key, ctx, req)
+                self.on_invite(now, source, transport, key, ctx, req, data)
             }
             Method::Invite => self.on_reinvite(now, key, ctx, req),
             Method::Cancel => self.on_cancel(now, key, ctx, req),
@@ -971,9 +1294,12 @@ impl Endpoint {
                 self.answer_stateful(now, key, ctx, &req, 200, extra);
             }
             Method::Info => self.on_info(now, key, ctx, req),
+            Method::Register if self.registrar.is_some() => {
+                self.on_register(now, source, transport, key, ctx, req, data)
+            }
+            Method::Notify => self.on_notify(now, key, ctx, req, data),
             Method::Register
             | Method::Subscribe
-            | Method::Notify
             | Method::Refer
             | Method::Message
             | Method::Publish
@@ -988,6 +1314,7 @@ impl Endpoint {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_invite(
         &mut self,
         now: Instant,
@@ -996,7 +1323,21 @@ impl Endpoint {
         key: TxKey,
         ctx: ResponseCtx,
         req: Request,
+        data: &[u8],
     ) {
+        // Authentication first: an unauthenticated caller learns nothing else.
+        let needs_auth = self.cfg.auth.inbound && self.guard.trunk_of(source.ip()).is_none();
+        let auth_user = if needs_auth {
+            match self.check_auth(now, source, "INVITE", &req.uri, data) {
+                Ok(user) => Some(user),
+                Err((code, extra)) => {
+                    self.answer_stateful(now, key, ctx, &req, code, extra);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         if !req.require.is_empty() {
             let unsupported = req.require.join(", ");
             self.answer_stateful(
@@ -1038,6 +1379,7 @@ impl Endpoint {
             remote_sdp: (!req.body.is_empty()).then_some(req.body),
             source,
             transport,
+            auth_user,
         }));
     }
 
@@ -1240,6 +1582,243 @@ impl Endpoint {
         }
     }
 
+    /// Digest check of a request. `Err` is the response to send: 401 with a challenge
+    /// (no, stale or unusable credentials) or 403 (wrong answer: wrong password and unknown
+    /// user get the very same 403).
+    fn check_auth(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        method: &str,
+        uri: &str,
+        data: &[u8],
+    ) -> Result<String, (u16, Vec<Header>)> {
+        let ip = source.ip();
+        let Some(ds) = self.digest.as_mut() else {
+            return Err((403, Vec::new()));
+        };
+        let values = raw_header_values(data, "Authorization");
+        let verdict = ds.verify(now, ip, method, uri, &values);
+        let stale = match verdict {
+            Verdict::Ok { username } => {
+                self.guard.auth_succeeded(ip);
+                return Ok(username);
+            }
+            Verdict::Failed { claimed } => {
+                let blocked = self.guard.auth_failed(now, ip);
+                tracing::info!(%source, user = %claimed, method, blocked, "digest authentication failed");
+                return Err((403, Vec::new()));
+            }
+            Verdict::Challenge => false,
+            Verdict::Stale => true,
+        };
+        self.challenges = self.challenges.saturating_add(1);
+        let headers = ds
+            .challenges(now, ip, stale)
+            .into_iter()
+            .map(|v| hdr("WWW-Authenticate", v))
+            .collect();
+        Err((401, headers))
+    }
+
+    /// REGISTER from an agent (RFC 3261 10.3): ACL, digest, To must be the user's AOR,
+    /// then the registrar.
+    #[allow(clippy::too_many_arguments)]
+    fn on_register(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        transport: Transport,
+        key: TxKey,
+        ctx: ResponseCtx,
+        req: Request,
+        data: &[u8],
+    ) {
+        if !self.guard.may_register(source.ip()) {
+            tracing::info!(%source, "REGISTER from outside the agent networks refused");
+            self.answer_stateful(now, key, ctx, &req, 403, Vec::new());
+            return;
+        }
+        let user = match self.check_auth(now, source, "REGISTER", &req.uri, data) {
+            Ok(user) => user,
+            Err((code, extra)) => {
+                self.answer_stateful(now, key, ctx, &req, code, extra);
+                return;
+            }
+        };
+        if req.to.user().as_deref() != Some(user.as_str()) {
+            tracing::info!(%source, user = %user, to = %message::truncate_for_log(&req.to.uri), "REGISTER for another user's address refused");
+            self.answer_stateful(now, key, ctx, &req, 403, Vec::new());
+            return;
+        }
+        let contacts = raw_header_values(data, "Contact");
+        let expires = raw_header_values(data, "Expires").into_iter().next();
+        let Some(registrar) = self.registrar.as_mut() else {
+            return;
+        };
+        let outcome = registrar.handle_register(
+            now,
+            &RegisterRequest {
+                user: &user,
+                call_id: &req.call_id,
+                cseq: req.cseq.seq,
+                contacts: &contacts,
+                expires: expires.as_deref(),
+                source,
+                transport,
+            },
+        );
+        let tx = self.new_nist(key, ctx, &req);
+        let tag = req.to.tag.is_none().then(|| self.new_tag());
+        let tag = tag.as_deref();
+        match outcome {
+            RegisterOutcome::Ok(bindings) => {
+                let extra = bindings
+                    .into_iter()
+                    .map(|(uri, left)| hdr("Contact", format!("<{uri}>;expires={left}")))
+                    .collect();
+                self.reply_with_reason(tx, now, 200, "OK", tag, extra);
+            }
+            RegisterOutcome::IntervalTooBrief { min_expires } => {
+                let extra = vec![hdr("Min-Expires", min_expires.to_string())];
+                self.reply_with_reason(tx, now, 423, reason_phrase(423), tag, extra);
+            }
+            RegisterOutcome::BadRequest(reason) => {
+                self.reply_with_reason(tx, now, 400, &reason, tag, Vec::new());
+            }
+            RegisterOutcome::OutOfOrder => {
+                self.reply_with_reason(tx, now, 500, "Out Of Order", tag, Vec::new());
+            }
+        }
+        self.drain_registrar();
+    }
+
+    fn drain_registrar(&mut self) {
+        let Some(r) = self.registrar.as_mut() else {
+            return;
+        };
+        while let Some(ev) = r.poll_event() {
+            self.events.push_back(match ev {
+                RegistrarEvent::AgentRegistered {
+                    user,
+                    contact,
+                    source,
+                    transport,
+                    expires,
+                } => Event::AgentRegistered {
+                    user,
+                    contact,
+                    source,
+                    transport,
+                    expires,
+                },
+                RegistrarEvent::AgentUnregistered { user } => Event::AgentUnregistered { user },
+            });
+        }
+    }
+
+    /// NOTIFY in a dialog (RFC 3515 2.4.5): the progress of our REFER, as message/sipfrag.
+    fn on_notify(&mut self, now: Instant, key: TxKey, ctx: ResponseCtx, req: Request, data: &[u8]) {
+        let Some(call) = self.find_dialog(&req) else {
+            self.answer_stateful(now, key, ctx, &req, 481, Vec::new());
+            return;
+        };
+        if let Some(code) = self.check_cseq(call, &req) {
+            self.answer_stateful(now, key, ctx, &req, code, Vec::new());
+            return;
+        }
+        let event = raw_header_values(data, "Event");
+        let is_refer = event.first().is_some_and(|e| {
+            e.split(';')
+                .next()
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("refer"))
+        });
+        if !is_refer {
+            let tx = self.new_nist(key, ctx, &req);
+            self.reply_with_reason(
+                tx,
+                now,
+                489,
+                "Bad Event",
+                None,
+                vec![hdr("Allow-Events", "refer")],
+            );
+            return;
+        }
+        self.answer_stateful(now, key, ctx, &req, 200, Vec::new());
+        if !self.transfers.contains_key(&call) {
+            return;
+        }
+        let terminated = raw_header_values(data, "Subscription-State")
+            .first()
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|p| p.trim().eq_ignore_ascii_case("terminated"))
+            });
+        let frag = (req.media_type().as_deref() == Some("message/sipfrag"))
+            .then(|| parse_sipfrag(&req.body))
+            .flatten();
+        match frag {
+            Some((status, _)) if status < 200 => {
+                self.events
+                    .push_back(Event::TransferProgress { call, status });
+            }
+            Some((200..=299, _)) => {
+                self.end_transfer(call);
+                self.events.push_back(Event::TransferDone { call });
+                return;
+            }
+            Some((status, reason)) => {
+                self.end_transfer(call);
+                self.events.push_back(Event::TransferFailed {
+                    call,
+                    status,
+                    reason,
+                });
+                return;
+            }
+            None => {}
+        }
+        if terminated {
+            self.end_transfer(call);
+            self.events.push_back(Event::TransferFailed {
+                call,
+                status: 0,
+                reason: "transfer subscription ended without a final status".into(),
+            });
+        }
+    }
+
+    fn end_transfer(&mut self, call: CallHandle) {
+        if let Some(t) = self.transfers.remove(&call) {
+            if let Some(tx) = t.tx {
+                self.refer_by_tx.remove(&tx);
+            }
+        }
+    }
+
+    /// Final response to our REFER.
+    fn on_refer_final(&mut self, call: CallHandle, tx: TxId, resp: &Response) {
+        let Some(t) = self.transfers.get_mut(&call).filter(|t| t.tx == Some(tx)) else {
+            return;
+        };
+        t.tx = None;
+        if (200..300).contains(&resp.status) {
+            self.events.push_back(Event::TransferProgress {
+                call,
+                status: resp.status,
+            });
+        } else {
+            self.transfers.remove(&call);
+            self.events.push_back(Event::TransferFailed {
+                call,
+                status: resp.status,
+                reason: resp.reason.clone(),
+            });
+        }
+    }
+
     fn on_response(&mut self, now: Instant, resp: Response) {
         let Some(branch) = resp.vias.first().and_then(|v| v.branch.clone()) else {
             return;
@@ -1276,6 +1855,10 @@ impl Endpoint {
         let Some(ev) = self.txs.client_response(id, now, resp.status) else {
             return;
         };
+        if let Some(call) = self.refer_by_tx.remove(&id) {
+            self.on_refer_final(call, id, &resp);
+            return;
+        }
         match self.reg_by_tx.remove(&id) {
             Some(reg) => self.on_register_final(now, reg, id, &resp),
             None => self.on_tx_event(now, ev),
@@ -1342,6 +1925,21 @@ impl Endpoint {
             }
             TxEvent::ClientTimeout {
                 tx,
+                method: Method::Refer,
+                ..
+            } => {
+                if let Some(call) = self.refer_by_tx.remove(&tx) {
+                    if self.transfers.remove(&call).is_some() {
+                        self.events.push_back(Event::TransferFailed {
+                            call,
+                            status: 408,
+                            reason: reason_phrase(408).into(),
+                        });
+                    }
+                }
+            }
+            TxEvent::ClientTimeout {
+                tx,
                 method: Method::Register,
                 ..
             } => {
@@ -1380,6 +1978,7 @@ impl Endpoint {
             .headers("INVITE", &u.request_uri, &mut self.rng)
             .map_err(|e| e.to_string())?;
         let mut extra = vec![contact, hdr("Allow", ALLOW), hdr("User-Agent", ua)];
+        extra.extend(u.extra_headers.iter().cloned());
         extra.extend(auth.iter().cloned());
         if !u.sdp_offer.is_empty() {
             extra.push(hdr("Content-Type", "application/sdp"));
@@ -2028,6 +2627,7 @@ impl Endpoint {
         if let Some(d) = self.dialogs.remove(&call) {
             self.dialog_index.remove(&d.key());
         }
+        self.end_transfer(call);
     }
 
     fn new_tag(&mut self) -> String {
@@ -2057,6 +2657,30 @@ fn out_request(
     headers.push(hdr("CSeq", format!("{cseq} {method}")));
     headers.extend(extra);
     serialize_request(method, uri, headers, body)
+}
+
+/// Adds header lines to a serialised body-less request (the dialog layer builds in-dialog
+/// requests without extra headers). Values were validated by the caller.
+fn with_headers(mut payload: Vec<u8>, extra: &[(&str, String)]) -> Vec<u8> {
+    if !payload.ends_with(b"\r\n\r\n") {
+        return payload;
+    }
+    payload.truncate(payload.len() - 2);
+    for (name, value) in extra {
+        payload.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    payload.extend_from_slice(b"\r\n");
+    payload
+}
+
+/// The status line of a message/sipfrag body (RFC 3420), e.g. `SIP/2.0 180 Ringing`.
+fn parse_sipfrag(body: &[u8]) -> Option<(u16, String)> {
+    let text = std::str::from_utf8(body.get(..body.len().min(512))?).ok()?;
+    let line = text.lines().next()?.trim();
+    let rest = line.strip_prefix("SIP/2.0 ")?;
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    let code: u16 = code.parse().ok().filter(|c| (100..700).contains(c))?;
+    Some((code, message::truncate_for_log(reason.trim())))
 }
 
 /// The body of a response if it is SDP.
@@ -4730,6 +5354,589 @@ mod tests {
         h.run_idle();
         h.take_events();
         h.assert_clean();
+    }
+
+    // ----- agents, guard, inbound authentication, transfer -----
+
+    mod security {
+        use super::*;
+        use crate::sip::auth::UserEntry;
+        use crate::sip::guard::TrunkAcl;
+
+        const REALM: &str = "warmline.test";
+        const REG_URI: &str = "sip:10.0.0.1:5060";
+
+        fn secure_config() -> EndpointConfig {
+            let mut cfg = EndpointConfig::new("10.0.0.1:5060".parse().unwrap());
+            cfg.auth = AuthConfig {
+                realm: REALM.into(),
+                users: vec![UserEntry {
+                    username: "agent1".into(),
+                    password: Some("s3cret".into()),
+                    ..Default::default()
+                }],
+                secret: Some("test secret".into()),
+                algorithms: vec!["SHA-256".into(), "MD5".into()],
+                ..AuthConfig::default()
+            };
+            cfg
+        }
+
+        fn secure(cfg: EndpointConfig) -> Harness {
+            Harness::with_config(Transport::Udp, cfg)
+        }
+
+        fn register(
+            user: &str,
+            n: u32,
+            contact: Option<&str>,
+            expires: Option<u32>,
+            auth: Option<&str>,
+        ) -> Vec<u8> {
+            let mut s = format!(
+                "REGISTER {REG_URI} SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP 10.0.0.2:5061;branch=z9hG4bK-reg-{n}\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:{user}@{REALM}>;tag=regtag\r\n\
+                 To: <sip:{user}@{REALM}>\r\n\
+                 Call-ID: reg-call-{user}\r\n\
+                 CSeq: {n} REGISTER\r\n"
+            );
+            if let Some(c) = contact {
+                s += &format!("Contact: {c}\r\n");
+            }
+            if let Some(e) = expires {
+                s += &format!("Expires: {e}\r\n");
+            }
+            if let Some(a) = auth {
+                s += &format!("Authorization: {a}\r\n");
+            }
+            s += "Content-Length: 0\r\n\r\n";
+            s.into_bytes()
+        }
+
+        /// The best challenge of a 401, answered with `digest.rs` (the client side).
+        fn answer(t: &Transmit, user: &str, pw: &str, method: &str, uri: &str, nc: u32) -> String {
+            let r = resp(t);
+            assert_eq!(r.status, 401, "{}", text(t));
+            let ch = digest::best_challenge(r.www_authenticate.iter().map(String::as_str)).unwrap();
+            let creds = Credentials {
+                username: user.into(),
+                password: pw.into(),
+            };
+            digest::authorization(&ch, &creds, method, uri, nc, "0a4f113b").unwrap()
+        }
+
+        /// A response with the random To tag replaced, for byte comparison.
+        fn normalized(t: &Transmit) -> String {
+            let text = text(t);
+            let tag = resp(t).to.tag.unwrap_or_default();
+            text.replace(&tag, "TAG")
+        }
+
+        const CONTACT: &str = "<sip:agent1@192.168.1.20:5062>";
+
+        #[test]
+        fn register_challenge_bind_refresh_and_unbind_end_to_end() {
+            let mut h = secure(secure_config());
+            h.send_raw(&register("agent1", 1, Some(CONTACT), Some(120), None));
+            let sent = h.take_sent();
+            assert_eq!(sent.len(), 1);
+            let challenge = &sent[0];
+            let r = resp(challenge);
+            assert_eq!(r.www_authenticate.len(), 2, "SHA-256 and MD5");
+            assert!(r.www_authenticate[0].contains("algorithm=SHA-256"));
+            assert!(r.www_authenticate[0].contains("qop=\"auth\""));
+            let auth = answer(challenge, "agent1", "s3cret", "REGISTER", REG_URI, 1);
+            h.send_raw(&register(
+                "agent1",
+                2,
+                Some(CONTACT),
+                Some(120),
+                Some(&auth),
+            ));
+            let sent = h.take_sent();
+            let ok = resp(&sent[0]);
+            assert_eq!(ok.status, 200, "{}", text(&sent[0]));
+            assert_eq!(ok.contacts.len(), 1);
+            assert_eq!(ok.contacts[0].uri, "sip:agent1@192.168.1.20:5062");
+            assert_eq!(ok.contacts[0].params, ";expires=120");
+            assert_eq!(
+                h.take_events(),
+                vec![Event::AgentRegistered {
+                    user: "agent1".into(),
+                    contact: "sip:agent1@192.168.1.20:5062".into(),
+                    source: h.peer,
+                    transport: Transport::Udp,
+                    expires: Duration::from_secs(120),
+                }]
+            );
+            let b = h.ep.agent_contact("agent1").unwrap();
+            assert_eq!(
+                (b.contact.as_str(), b.source),
+                ("sip:agent1@192.168.1.20:5062", h.peer)
+            );
+            assert_eq!(h.ep.registered_agents(), 1);
+            // Too brief: 423 with Min-Expires (the nonce count goes on).
+            let auth = answer(challenge, "agent1", "s3cret", "REGISTER", REG_URI, 2);
+            h.send_raw(&register("agent1", 3, Some(CONTACT), Some(5), Some(&auth)));
+            let sent = h.take_sent();
+            assert_eq!(resp(&sent[0]).status, 423);
+            assert_eq!(resp(&sent[0]).min_expires, Some(60));
+            // Replaying an answer already used is challenged again.
+            h.send_raw(&register(
+                "agent1",
+                4,
+                Some(CONTACT),
+                Some(120),
+                Some(&auth),
+            ));
+            assert_eq!(h.codes(), vec![401]);
+            // Expires: 0 unbinds.
+            let auth = answer(challenge, "agent1", "s3cret", "REGISTER", REG_URI, 3);
+            h.send_raw(&register("agent1", 5, Some(CONTACT), Some(0), Some(&auth)));
+            assert_eq!(h.codes(), vec![200]);
+            assert_eq!(
+                h.take_events(),
+                vec![Event::AgentUnregistered {
+                    user: "agent1".into()
+                }]
+            );
+            assert_eq!(h.ep.agent_contact("agent1"), None);
+            assert_eq!(h.ep.security_counters().auth_failures, 0);
+            h.assert_clean();
+        }
+
+        #[test]
+        fn binding_expires_through_handle_timeout() {
+            let mut h = secure(secure_config());
+            h.send_raw(&register("agent1", 1, Some(CONTACT), Some(60), None));
+            let ch = h.take_sent().remove(0);
+            let auth = answer(&ch, "agent1", "s3cret", "REGISTER", REG_URI, 1);
+            h.send_raw(&register("agent1", 2, Some(CONTACT), Some(60), Some(&auth)));
+            assert_eq!(h.codes(), vec![200]);
+            h.take_events();
+            h.run_idle();
+            assert_eq!(
+                h.take_events(),
+                vec![Event::AgentUnregistered {
+                    user: "agent1".into()
+                }]
+            );
+            assert!(h.now >= h.t0 + Duration::from_secs(60));
+            assert_eq!(h.ep.registered_agents(), 0);
+        }
+
+        #[test]
+        fn register_for_someone_else_and_from_outside_agent_nets_is_403() {
+            let mut cfg = secure_config();
+            cfg.auth.users.push(UserEntry {
+                username: "agent2".into(),
+                password: Some("pw2".into()),
+                ..Default::default()
+            });
+            let mut h = secure(cfg.clone());
+            h.send_raw(&register("agent2", 1, Some(CONTACT), None, None));
+            let ch = h.take_sent().remove(0);
+            // agent1's credentials for agent2's address of record.
+            let auth = answer(&ch, "agent1", "s3cret", "REGISTER", REG_URI, 1);
+            h.send_raw(&register("agent2", 2, Some(CONTACT), None, Some(&auth)));
+            assert_eq!(h.codes(), vec![403]);
+            assert!(h.take_events().is_empty());
+            cfg.guard.agents = vec!["192.168.0.0/16".parse().unwrap()];
+            let mut h = secure(cfg);
+            h.send_raw(&register("agent1", 1, Some(CONTACT), None, None));
+            assert_eq!(h.codes(), vec![403]);
+        }
+
+        /// Wrong password and unknown user: the same bytes on the wire (the nonce is the
+        /// same because secret, source and time are), and both count toward a block.
+        #[test]
+        fn wrong_password_and_unknown_user_get_identical_responses() {
+            let attempt = |user: &str, pw: &str| {
+                let mut h = secure(secure_config());
+                h.send_raw(&register(user, 1, Some(CONTACT), None, None));
+                let ch = h.take_sent().remove(0);
+                let auth = answer(&ch, user, pw, "REGISTER", REG_URI, 1);
+                h.send_raw(&register(user, 2, Some(CONTACT), None, Some(&auth)));
+                let sent = h.take_sent();
+                assert_eq!(sent.len(), 1);
+                (normalized(&ch), normalized(&sent[0]), h)
+            };
+            let (ch_a, fail_a, ha) = attempt("agent1", "wrong");
+            let (ch_b, fail_b, hb) = attempt("nobody", "s3cret");
+            assert_eq!(ch_a.replace("agent1", "X"), ch_b.replace("nobody", "X"));
+            assert_eq!(fail_a.replace("agent1", "X"), fail_b.replace("nobody", "X"));
+            assert!(fail_a.starts_with("SIP/2.0 403 "), "{fail_a}");
+            assert!(!fail_a.contains("WWW-Authenticate"));
+            for h in [ha, hb] {
+                assert_eq!(h.ep.security_counters().auth_failures, 1);
+                assert!(h.events.is_empty());
+            }
+        }
+
+        #[test]
+        fn stale_nonce_is_rechallenged_with_stale_true() {
+            let mut h = secure(secure_config());
+            h.send_raw(&register("agent1", 1, Some(CONTACT), None, None));
+            let ch = h.take_sent().remove(0);
+            let auth = answer(&ch, "agent1", "s3cret", "REGISTER", REG_URI, 1);
+            h.now += Duration::from_secs(301);
+            h.send_raw(&register("agent1", 2, Some(CONTACT), None, Some(&auth)));
+            let sent = h.take_sent();
+            let r = resp(&sent[0]);
+            assert_eq!(r.status, 401);
+            assert!(r.www_authenticate.iter().all(|v| v.contains("stale=true")));
+            let auth = answer(&sent[0], "agent1", "s3cret", "REGISTER", REG_URI, 1);
+            h.send_raw(&register("agent1", 3, Some(CONTACT), None, Some(&auth)));
+            assert_eq!(h.codes(), vec![200]);
+            assert_eq!(h.ep.security_counters().auth_failures, 0);
+        }
+
+        #[test]
+        fn five_failures_block_the_source_silently_then_it_recovers() {
+            let mut h = secure(secure_config());
+            h.send_raw(&register("agent1", 1, Some(CONTACT), None, None));
+            let ch = h.take_sent().remove(0);
+            for i in 0..5u32 {
+                let auth = answer(&ch, "agent1", "guess", "REGISTER", REG_URI, i + 1);
+                h.send_raw(&register(
+                    "agent1",
+                    10 + i,
+                    Some(CONTACT),
+                    None,
+                    Some(&auth),
+                ));
+                assert_eq!(h.codes(), vec![403]);
+            }
+            // Blocked: even OPTIONS (or the right password) gets nothing at all.
+            let good = answer(&ch, "agent1", "s3cret", "REGISTER", REG_URI, 9);
+            h.send_raw(&register("agent1", 20, Some(CONTACT), None, Some(&good)));
+            let mut opt = Req::invite("opt-blocked").no_body();
+            opt.method = "OPTIONS".into();
+            opt.cseq_method = "OPTIONS".into();
+            h.send(&opt);
+            assert!(h.take_sent().is_empty());
+            let c = h.ep.security_counters();
+            assert_eq!((c.auth_failures, c.blocks, c.blocked_drops), (5, 1, 2));
+            assert_eq!(h.ep.blocked_sources(), 1);
+            assert!(h.ep.refuses_source(h.now, h.peer.ip()));
+            // Ten minutes later the source is heard again.
+            h.advance_to(h.t0 + Duration::from_secs(601));
+            h.send_raw(&register("agent1", 30, Some(CONTACT), None, None));
+            assert_eq!(h.codes(), vec![401]);
+        }
+
+        #[test]
+        fn rate_limit_drops_silently_per_source() {
+            let mut cfg = secure_config();
+            cfg.guard.rate_per_sec = 10;
+            cfg.guard.burst = 5;
+            let mut h = secure(cfg);
+            let mut opt = Req::invite("opt").no_body();
+            opt.method = "OPTIONS".into();
+            opt.cseq_method = "OPTIONS".into();
+            for i in 0..20 {
+                opt.branch = format!("z9hG4bK-opt-{i}");
+                h.send(&opt);
+            }
+            assert_eq!(h.take_sent().len(), 5);
+            assert_eq!(h.ep.security_counters().rate_limited_drops, 15);
+            // Another source is unaffected.
+            let other: SocketAddr = "10.0.0.3:5060".parse().unwrap();
+            opt.branch = "z9hG4bK-opt-other".into();
+            h.ep.handle_input(h.now, other, Transport::Udp, &opt.build());
+            assert_eq!(h.codes(), vec![200]);
+        }
+
+        #[test]
+        fn inbound_invite_is_challenged_then_accepted_and_trunks_are_trusted() {
+            let mut cfg = secure_config();
+            cfg.auth.inbound = true;
+            cfg.guard.trunks = vec![TrunkAcl {
+                name: "carrier".into(),
+                networks: vec!["10.0.0.9/32".parse().unwrap()],
+            }];
+            let mut h = secure(cfg);
+            let inv = Req::invite("in-auth");
+            h.send(&inv);
+            let sent = h.take_sent();
+            assert_eq!(sent.len(), 1, "401 only, no 100");
+            let tag = to_tag(&sent[0]);
+            let auth = answer(&sent[0], "agent1", "s3cret", "INVITE", &inv.ruri, 1);
+            h.send(&inv.ack_non_2xx(&tag));
+            assert!(h.take_events().is_empty());
+            let mut again = inv.clone();
+            again.branch = "z9hG4bK-in-auth-2".into();
+            again.cseq = 2;
+            again.extra.push(format!("Authorization: {auth}"));
+            h.send(&again);
+            assert_eq!(h.codes(), vec![100]);
+            match h.take_events().as_slice() {
+                [Event::IncomingCall(ic)] => {
+                    assert_eq!(ic.auth_user.as_deref(), Some("agent1"));
+                    h.ep.reject(ic.call, 486, h.now).unwrap();
+                }
+                other => panic!("{other:?}"),
+            }
+            h.take_sent();
+            h.send(&again.ack_non_2xx("x"));
+            // A trunk source needs no credentials.
+            let inv = Req::invite("from-trunk");
+            h.ep.handle_input(
+                h.now,
+                "10.0.0.9:5060".parse().unwrap(),
+                Transport::Udp,
+                &inv.build(),
+            );
+            assert_eq!(h.codes(), vec![100]);
+            assert!(matches!(
+                h.take_events().as_slice(),
+                [Event::IncomingCall(ic)] if ic.auth_user.is_none()
+            ));
+        }
+
+        #[test]
+        fn refer_202_and_notify_sipfrag_progress_then_done() {
+            let mut h = Harness::new(Transport::Udp);
+            let inv = Req::invite("xfer");
+            let (call, tag) = h.established(&inv);
+            assert!(h.ep.refer(call, "sip:agent7@10.0.0.7:5062", h.now).is_ok());
+            assert!(
+                h.ep.refer(call, "sip:agent8@10.0.0.8", h.now).is_err(),
+                "one at a time"
+            );
+            let refer = h.take_sent().remove(0);
+            assert!(is(&refer, "REFER"));
+            assert_eq!(
+                header_values(&refer, "Refer-To"),
+                vec!["<sip:agent7@10.0.0.7:5062>"]
+            );
+            assert_eq!(
+                header_values(&refer, "Referred-By"),
+                vec!["<sip:service@10.0.0.1:5060>"]
+            );
+            let r = request(&refer);
+            assert_eq!(r.uri, "sip:alice@10.0.0.2:5061", "to the remote target");
+            assert_eq!(r.cseq.seq, 1);
+            h.send_raw(&reply_to(&refer, 202));
+            assert_eq!(
+                h.take_events(),
+                vec![Event::TransferProgress { call, status: 202 }]
+            );
+            let notify = |cseq: u32, frag: &str, state: &str| {
+                let mut n = inv.in_dialog("NOTIFY", &tag, cseq, cseq);
+                n.extra.push("Event: refer".into());
+                n.extra.push(format!("Subscription-State: {state}"));
+                n.with_body("message/sipfrag;version=2.0", frag.as_bytes())
+            };
+            h.send(&notify(2, "SIP/2.0 100 Trying\r\n", "active;expires=60"));
+            assert_eq!(h.codes(), vec![200]);
+            h.send(&notify(3, "SIP/2.0 180 Ringing\r\n", "active;expires=60"));
+            h.send(&notify(
+                4,
+                "SIP/2.0 200 OK\r\n",
+                "terminated;reason=noresource",
+            ));
+            assert_eq!(h.codes(), vec![200, 200]);
+            assert_eq!(
+                h.take_events(),
+                vec![
+                    Event::TransferProgress { call, status: 100 },
+                    Event::TransferProgress { call, status: 180 },
+                    Event::TransferDone { call },
+                ]
+            );
+            // Late NOTIFYs are still answered; a NOTIFY outside any dialog is 481; other events 489.
+            h.send(&notify(5, "SIP/2.0 200 OK\r\n", "terminated"));
+            assert_eq!(h.codes(), vec![200]);
+            h.send(&notify(6, "SIP/2.0 200 OK\r\n", "terminated").no_body());
+            let mut stray = notify(1, "SIP/2.0 200 OK\r\n", "terminated");
+            stray.to_tag = Some("nope".into());
+            h.send(&stray);
+            let mut presence = notify(7, "", "active");
+            presence.extra = vec!["Event: presence".into()];
+            h.send(&presence.no_body());
+            assert_eq!(h.codes(), vec![200, 481, 489]);
+            assert!(h.take_events().is_empty());
+            h.ep.hangup(call, h.now).unwrap();
+            let bye = h.take_sent().pop().unwrap();
+            h.send_raw(&reply_to(&bye, 200));
+            h.take_events();
+            h.assert_clean();
+        }
+
+        #[test]
+        fn refer_refused_failed_notify_and_timeout() {
+            let mut h = Harness::new(Transport::Udp);
+            let inv = Req::invite("xfer2");
+            let (call, tag) = h.established(&inv);
+            h.ep.refer(call, "sip:agent7@10.0.0.7", h.now).unwrap();
+            let refer = h.take_sent().remove(0);
+            h.send_raw(&reply_to(&refer, 603));
+            assert!(matches!(
+                h.take_events().as_slice(),
+                [Event::TransferFailed { call: c, status: 603, .. }] if *c == call
+            ));
+            // Accepted, then the target is busy.
+            h.ep.refer(call, "sip:agent7@10.0.0.7", h.now).unwrap();
+            let refer = h.take_sent().remove(0);
+            h.send_raw(&reply_to(&refer, 202));
+            let mut n = inv.in_dialog("NOTIFY", &tag, 2, 2);
+            n.extra.push("o: refer".into());
+            n.extra.push("Subscription-State: terminated".into());
+            h.send(&n.with_body("message/sipfrag", b"SIP/2.0 486 Busy Here"));
+            assert_eq!(h.codes(), vec![200]);
+            assert_eq!(
+                h.take_events(),
+                vec![
+                    Event::TransferProgress { call, status: 202 },
+                    Event::TransferFailed {
+                        call,
+                        status: 486,
+                        reason: "Busy Here".into()
+                    },
+                ]
+            );
+            // No answer at all: 408 after Timer F; the call stays up.
+            h.ep.refer(call, "sip:agent7@10.0.0.7", h.now).unwrap();
+            h.advance_to(h.now + Duration::from_secs(33));
+            assert!(h.take_events().contains(&Event::TransferFailed {
+                call,
+                status: 408,
+                reason: "Request Timeout".into()
+            }));
+            assert_eq!(h.ep.active_calls(), 1);
+            assert!(h.ep.refer(CallHandle(999), "sip:a@b", h.now).is_err());
+            assert!(h.ep.refer(call, "sip:a@b>\r\nX: y", h.now).is_err());
+        }
+
+        #[test]
+        fn invite_to_an_agent_contact_with_a_whisper_header() {
+            let mut h = Harness::new(Transport::Udp);
+            let mut call = outbound(Transport::Tcp, None);
+            call.request_uri = "sip:agent1@192.168.1.20:5062;transport=tcp;ob".into();
+            call.destination = "192.0.2.20:40000".parse().unwrap();
+            let (_, _) =
+                h.ep.invite_with_headers(
+                    call.clone(),
+                    &[("X-Warmline-Whisper", "Campaign 7: overdue")],
+                    h.now,
+                )
+                .unwrap();
+            let inv = h.take_sent().remove(0);
+            assert_eq!(inv.destination, call.destination);
+            assert_eq!(
+                request(&inv).uri,
+                "sip:agent1@192.168.1.20:5062;transport=tcp;ob"
+            );
+            assert_eq!(
+                header_values(&inv, "X-Warmline-Whisper"),
+                vec!["Campaign 7: overdue"]
+            );
+            for bad in [
+                ("Via", "x"),
+                ("X Bad", "x"),
+                ("X-Ok", "a\r\nVia: evil"),
+                ("", "x"),
+            ] {
+                assert!(
+                    h.ep.invite_with_headers(call.clone(), &[bad], h.now)
+                        .is_err(),
+                    "{bad:?}"
+                );
+            }
+            assert_eq!(h.ep.active_calls(), 1, "refused calls leave nothing behind");
+        }
+
+        mod fuzz {
+            use super::*;
+            use proptest::prelude::*;
+
+            fn mutate(mut m: Vec<u8>, ops: &[(u8, usize, u8)]) -> Vec<u8> {
+                const ALPHABET: &[u8] = b" :;<>@=,*\r\n\"0123456789afz/.\t\xff\x00";
+                for &(op, pos, byte) in ops {
+                    let pos = if m.is_empty() { 0 } else { pos % (m.len() + 1) };
+                    let b = ALPHABET[byte as usize % ALPHABET.len()];
+                    match op % 4 {
+                        0 => m.truncate(pos),
+                        1 if pos < m.len() => m[pos] = b,
+                        2 => m.insert(pos, b),
+                        _ if pos < m.len() => {
+                            m.remove(pos);
+                        }
+                        _ => {}
+                    }
+                }
+                m
+            }
+
+            proptest! {
+                #[test]
+                fn mutated_register_refer_notify_never_panic_or_leak(
+                    picks in proptest::collection::vec(
+                        (0usize..7, proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 0..6)),
+                        1..6,
+                    ),
+                    noise in proptest::collection::vec(any::<u8>(), 0..300),
+                ) {
+                    let mut cfg = secure_config();
+                    cfg.auth.inbound = true;
+                    cfg.guard.rate_per_sec = 1000;
+                    let mut h = secure(cfg);
+                    h.send_raw(&register("agent1", 1, Some(CONTACT), None, None));
+                    let ch = h.take_sent().remove(0);
+                    let auth = answer(&ch, "agent1", "s3cret", "REGISTER", REG_URI, 1);
+                    let inv = Req::invite("fz-x");
+                    let (call, tag) = {
+                        let mut ok = inv.clone();
+                        ok.extra.push(format!("Authorization: {}", answer(&ch, "agent1", "s3cret", "INVITE", &inv.ruri, 2)));
+                        h.send(&ok);
+                        let call = match h.take_events().as_slice() {
+                            [Event::IncomingCall(ic)] => ic.call,
+                            other => panic!("{other:?}"),
+                        };
+                        h.ep.answer(call, ANSWER.to_vec(), h.now).unwrap();
+                        let tag = to_tag(&h.take_sent()[1]);
+                        h.send(&ok.ack_2xx(&tag));
+                        (call, tag)
+                    };
+                    h.ep.refer(call, "sip:agent7@10.0.0.7", h.now).unwrap();
+                    let refer = h.take_sent().remove(0);
+                    let mut notify = inv.in_dialog("NOTIFY", &tag, 5, 5);
+                    notify.extra.push("Event: refer;id=1".into());
+                    notify.extra.push("Subscription-State: active".into());
+                    let mut incoming_refer = inv.in_dialog("REFER", &tag, 6, 6);
+                    incoming_refer.extra.push("Refer-To: <sip:x@10.0.0.9?Replaces=a%3Bb>".into());
+                    incoming_refer.extra.push("Referred-By: <sip:alice@10.0.0.2>".into());
+                    let seeds = [
+                        register("agent1", 2, Some("<sip:agent1@1.2.3.4>;expires=90, *"), Some(90), Some(&auth)),
+                        register("agent1", 3, Some(CONTACT), Some(0), Some(&auth)),
+                        register("nobody", 4, Some("*"), Some(0), Some(&auth.replace("agent1", "nobody"))),
+                        reply_to(&refer, 202),
+                        notify.with_body("message/sipfrag", b"SIP/2.0 180 Ringing\r\n").build(),
+                        uas_reply(&refer, 200, None, &["Contact: <sip:x@y>"], b""),
+                        incoming_refer.build(),
+                    ];
+                    for (pick, ops) in &picks {
+                        h.send_raw(&mutate(seeds[*pick % seeds.len()].clone(), ops));
+                    }
+                    h.send_raw(&noise);
+                    let _ = h.ep.hangup(call, h.now);
+                    for e in h.take_events() {
+                        if let Event::IncomingCall(ic) = e {
+                            let _ = h.ep.hangup(ic.call, h.now);
+                        }
+                    }
+                    h.run_idle();
+                    h.take_events();
+                    h.run_idle();
+                    assert_eq!(h.ep.transaction_count(), 0);
+                    assert_eq!(h.ep.active_calls(), 0);
+                    assert_eq!(h.ep.registered_agents(), 0, "bindings expire");
+                }
+            }
+        }
     }
 
     mod fuzz {
