@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
+use crate::ivr::routing::Condition;
 use crate::speech::intent::{IntentError, PhraseSet};
 use crate::tomlcheck::{Diagnostics, Item, Key, Span, ValueReader};
 
@@ -65,6 +66,42 @@ const MAX_PHRASE_CHARS: usize = 100;
 const MAX_TEXT_CHARS: usize = 1000;
 /// Answer `then` values.
 const ANSWER_THEN: &[&str] = &["menu", "anything-else"];
+/// Queue priority of a caller with nothing special (options' `queue` actions).
+pub const PRIORITY_NORMAL: i32 = 0;
+/// Queue priority a route's `queue` action gives (VIP and other routed callers).
+pub const PRIORITY_VIP: i32 = 5;
+/// Queue priority of the fast lane.
+pub const PRIORITY_FAST_LANE: i32 = 10;
+/// Accepted `priority` range.
+pub const PRIORITY_RANGE: (i64, i64) = (-100, 100);
+/// The key that takes the fast lane in every menu once it was offered.
+pub const FAST_LANE_KEY: &str = "0";
+/// Phrases that take the fast lane when a route does not set `say` (English).
+pub const DEFAULT_FAST_LANE_PHRASES: &[&str] = &[
+    "agent",
+    "representative",
+    "speak to an agent",
+    "talk to a person",
+    "operator",
+];
+/// The fast lane offer when a route does not set `offer_text`.
+pub const DEFAULT_OFFER_TEXT: &str =
+    "To speak to one of our team straight away, press 0 or say agent at any time.";
+/// What a closed queue says when `[queues.<name>]` has no fallback for the reason.
+pub const DEFAULT_UNAVAILABLE_TEXT: &str =
+    "Sorry, no one can take your call right now. Please call again later. Goodbye.";
+/// The confirmation of a callback request when the fallback has no message.
+pub const DEFAULT_CALLBACK_TEXT: &str =
+    "Thank you. We will call you back on this number as soon as we can. Goodbye.";
+/// The invitation to leave a voicemail when the fallback has no message.
+pub const DEFAULT_VOICEMAIL_TEXT: &str =
+    "Please leave your name and a short message after this announcement. Hang up when you are done.";
+/// Voicemail length when the fallback does not set `max_seconds`.
+pub const DEFAULT_VOICEMAIL_SECONDS: u64 = 120;
+/// Accepted `max_seconds` range.
+pub const VOICEMAIL_SECONDS_RANGE: (i64, i64) = (5, 600);
+/// Longest whisper text for an agent (characters).
+pub const MAX_WHISPER_CHARS: usize = 200;
 /// Built-in confirmation replies per language; `[speech] yes` / `no` replace them.
 const BUILTIN_YES: &[(&str, &[&str])] = &[
     (
@@ -219,6 +256,132 @@ pub enum Action {
     Hangup { prompts: Vec<String> },
     /// Record an opt-out for the caller's number, play `prompts`, then continue.
     OptOut { prompts: Vec<String>, then: Next },
+    /// Play `prompts` (e.g. "please hold", may be empty), then put the call in the queue
+    /// `queue` (declared in `[queues.<name>]`). `priority` overrides the default of where the
+    /// action runs ([`PRIORITY_NORMAL`] for options, [`PRIORITY_VIP`] for routes);
+    /// `whisper` is added to what the agent is told.
+    Queue {
+        queue: String,
+        priority: Option<i32>,
+        prompts: Vec<String>,
+        whisper: Option<String>,
+    },
+    /// Check the caller's voiceprint, then branch on the decision.
+    VerifyVoice(Box<VoiceCheck>),
+}
+
+/// A `verify_voice` step: what the caller is asked to say and where each decision leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoiceCheck {
+    /// Asks the caller to say the passphrase (a recorded prompt or a TTS text).
+    pub phrase: Spoken,
+    /// Whether speech the caller already gave in this call may be used instead of asking
+    /// (`reuse_speech`, default true).
+    pub reuse_speech: bool,
+    pub on_accept: Action,
+    pub on_reject: Action,
+    pub on_not_enough: Action,
+    /// Unknown caller or no voiceprint enrolled; default: `on_not_enough`.
+    pub on_not_enrolled: Action,
+}
+
+/// Why a queue cannot take the call (reported by the ACD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnavailableReason {
+    /// Outside the queue's hours of operation.
+    AfterHours,
+    /// The queue is full or the caller waited longer than the queue allows.
+    Overflow,
+    /// No agent is logged in.
+    NoAgents,
+}
+
+impl UnavailableReason {
+    /// The name used in dialplans and call records (`after_hours`, `overflow`, `no_agents`).
+    pub fn name(self) -> &'static str {
+        match self {
+            UnavailableReason::AfterHours => "after_hours",
+            UnavailableReason::Overflow => "overflow",
+            UnavailableReason::NoAgents => "no_agents",
+        }
+    }
+}
+
+/// What kind of fallback a queue runs when it cannot take the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FallbackKind {
+    /// Play the message, then go on.
+    Message,
+    /// Record a callback request for the caller's number, confirm with the message, go on.
+    Callback,
+    /// Play the message (the invitation to speak), record up to `max`, then go on.
+    Voicemail { max: Duration },
+}
+
+/// A queue's fallback for one [`UnavailableReason`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub kind: FallbackKind,
+    /// Played first (for a callback: the confirmation); never empty once loaded.
+    pub message: Spoken,
+    /// Where the call goes afterwards (default: hang up).
+    pub then: Next,
+}
+
+/// A queue the dialplan routes to, `[queues.<name>]`. Members, strategy and hours belong to
+/// the ACD configuration; the dialplan only says what callers hear when the queue is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub name: String,
+    pub after_hours: Fallback,
+    pub overflow: Fallback,
+    pub no_agents: Fallback,
+}
+
+impl QueueConfig {
+    pub fn fallback(&self, reason: UnavailableReason) -> &Fallback {
+        match reason {
+            UnavailableReason::AfterHours => &self.after_hours,
+            UnavailableReason::Overflow => &self.overflow,
+            UnavailableReason::NoAgents => &self.no_agents,
+        }
+    }
+}
+
+/// What a matching route does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Fast lane, `mode = "offer"`: the caller hears `text` once and from then on the key
+    /// [`FAST_LANE_KEY`] or one of `phrases` in any menu queues them in `queue`.
+    Offer {
+        queue: String,
+        priority: i32,
+        prompts: Vec<String>,
+        text: LocalText,
+        phrases: Phrases,
+    },
+    /// Run an action at once (`queue`, fast lane `mode = "transfer"` as a queue with
+    /// [`PRIORITY_FAST_LANE`], or any option action such as `goto`).
+    Run(Action),
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub when: Condition,
+    pub action: RouteAction,
+    /// Short tag for reports and the queue action's reasons (`"elderly"`, `"vip"`).
+    pub reason: String,
+    /// What the agent is told about it (default: the reason with `_` as spaces).
+    pub whisper: String,
+}
+
+/// `[fraud]`: what a watchlist hit does.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FraudSettings {
+    /// `None` (`on_hit = "flag"`, the default): only recorded. Otherwise the action run at
+    /// the next safe point.
+    pub on_hit: Option<Action>,
 }
 
 /// Phrases by language code (`"en"` → `["lost card", "stolen card"]`), as written.
@@ -445,6 +608,9 @@ pub struct Dialplan {
     prompts: BTreeSet<String>,
     speech: SpeechSettings,
     speech_enabled: bool,
+    routes: Vec<Route>,
+    queues: BTreeMap<String, QueueConfig>,
+    fraud: FraudSettings,
 }
 
 impl Dialplan {
@@ -560,11 +726,76 @@ impl Dialplan {
                 }
             }
         }
+        // Route offers, voice check passphrases and queue fallback messages.
+        let mut more: Vec<String> = Vec::new();
+        let text_of = |s: &Spoken| match s {
+            Spoken::Text(t) => t.get(language, fallback).map(str::to_string),
+            Spoken::Prompts(_) => None,
+        };
+        let mut actions: Vec<&Action> = self.all_actions().collect();
+        for route in &self.routes {
+            match &route.action {
+                RouteAction::Offer { text, phrases, .. } => {
+                    more.extend(text.get(language, fallback).map(str::to_string));
+                    if let Some(label) = phrases.get(language).and_then(|p| p.first()) {
+                        more.push(confirm.replace(LABEL_PLACEHOLDER, label));
+                    }
+                }
+                RouteAction::Run(action) => actions.push(action),
+            }
+        }
+        for action in actions {
+            walk_actions(action, &mut |a| {
+                if let Action::VerifyVoice(check) = a {
+                    more.extend(text_of(&check.phrase));
+                }
+            });
+        }
+        for queue in self.queues.values() {
+            for fallback in [&queue.after_hours, &queue.overflow, &queue.no_agents] {
+                more.extend(text_of(&fallback.message));
+            }
+        }
+        for t in more {
+            add(&t);
+        }
         out
+    }
+
+    /// Every option action and final action of every menu, plus `[fraud] on_hit`.
+    fn all_actions(&self) -> impl Iterator<Item = &Action> {
+        self.menus
+            .values()
+            .flat_map(|menu| {
+                menu.options()
+                    .map(|o| &o.action)
+                    .chain(std::iter::once(&menu.final_action))
+            })
+            .chain(self.fraud.on_hit.as_ref())
     }
 
     pub fn menu(&self, name: &str) -> Option<&Menu> {
         self.menus.get(name)
+    }
+
+    /// The `[[routes]]`, in file order (the first match wins).
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// A queue declared in `[queues.<name>]`.
+    pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
+        self.queues.get(name)
+    }
+
+    /// Every declared queue, by name.
+    pub fn queues(&self) -> impl Iterator<Item = &QueueConfig> {
+        self.queues.values()
+    }
+
+    /// The `[fraud]` settings.
+    pub fn fraud(&self) -> &FraudSettings {
+        &self.fraud
     }
 
     pub fn menus(&self) -> impl Iterator<Item = &Menu> {
@@ -616,6 +847,7 @@ impl Dialplan {
     pub fn menus_by_distance(&self) -> Vec<&str> {
         let mut seen: Vec<&str> = Vec::new();
         let mut queue = VecDeque::from([self.entry.as_str()]);
+        queue.extend(entry_points(self));
         while let Some(name) = queue.pop_front() {
             let Some((name, menu)) = self.menus.get_key_value(name) else {
                 continue;
@@ -653,13 +885,16 @@ impl Dialplan {
     /// Every transfer target the dialplan refers to, each once, sorted.
     pub fn transfer_targets(&self) -> impl Iterator<Item = &str> {
         let mut targets = BTreeSet::new();
-        for menu in self.menus.values() {
-            let actions = menu.options().map(|o| &o.action);
-            for action in actions.chain(std::iter::once(&menu.final_action)) {
-                if let Action::Transfer { target, .. } = action {
+        let route_actions = self.routes.iter().filter_map(|r| match &r.action {
+            RouteAction::Run(a) => Some(a),
+            RouteAction::Offer { .. } => None,
+        });
+        for action in self.all_actions().chain(route_actions) {
+            walk_actions(action, &mut |a| {
+                if let Action::Transfer { target, .. } = a {
                     targets.insert(target.as_str());
                 }
-            }
+            });
         }
         targets.into_iter()
     }
@@ -669,7 +904,9 @@ impl Dialplan {
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-const TOP_FIELDS: &[&str] = &["name", "entry", "speech", "defaults", "menus"];
+const TOP_FIELDS: &[&str] = &[
+    "name", "entry", "speech", "defaults", "menus", "routes", "queues", "fraud",
+];
 const SETTING_FIELDS: &[&str] = &[
     "barge_in",
     "no_input_timeout",
@@ -683,15 +920,73 @@ const SETTING_FIELDS: &[&str] = &[
     "anything_else_text",
 ];
 const MENU_ONLY_FIELDS: &[&str] = &["prompt", "next", "options", "answers"];
-const ACTION_VERBS: &[&str] = &["goto", "play", "transfer", "hangup", "opt_out"];
+const ACTION_VERBS: &[&str] = &[
+    "goto",
+    "play",
+    "transfer",
+    "hangup",
+    "opt_out",
+    "queue",
+    "verify_voice",
+];
 const ACTION_FIELDS: &[&str] = &[
-    "goto", "play", "transfer", "hangup", "opt_out", "then", "prompt",
+    "goto",
+    "play",
+    "transfer",
+    "hangup",
+    "opt_out",
+    "queue",
+    "verify_voice",
+    "then",
+    "prompt",
+    "priority",
+    "whisper",
 ];
 /// Fields an option has beside its action.
 const VOICE_FIELDS: &[&str] = &["say", "label"];
 const OPTION_FIELDS: &[&str] = &[
-    "goto", "play", "transfer", "hangup", "opt_out", "then", "prompt", "say", "label",
+    "goto",
+    "play",
+    "transfer",
+    "hangup",
+    "opt_out",
+    "queue",
+    "verify_voice",
+    "then",
+    "prompt",
+    "priority",
+    "whisper",
+    "say",
+    "label",
 ];
+const ROUTE_FIELDS: &[&str] = &["when", "action", "reason", "whisper"];
+const FAST_LANE_FIELDS: &[&str] = &[
+    "fast_lane",
+    "mode",
+    "priority",
+    "prompt",
+    "offer_text",
+    "say",
+];
+const QUEUE_FIELDS: &[&str] = &["after_hours", "overflow", "no_agents", "unavailable"];
+const FALLBACK_FIELDS: &[&str] = &[
+    "play",
+    "text",
+    "then",
+    "callback",
+    "voicemail",
+    "max_seconds",
+];
+const VERIFY_FIELDS: &[&str] = &[
+    "phrase_prompt",
+    "phrase_text",
+    "reuse_speech",
+    "on_accept",
+    "on_reject",
+    "on_not_enough",
+    "on_not_enrolled",
+];
+const FRAUD_FIELDS: &[&str] = &["on_hit"];
 const ANSWER_FIELDS: &[&str] = &["say", "answer", "answer_text", "then", "label"];
 const SPEECH_FIELDS: &[&str] = &[
     "enabled",
@@ -745,6 +1040,8 @@ struct VoiceEntry {
 struct Checker<'a> {
     catalog: &'a dyn PromptCatalog,
     diags: Diagnostics<'a>,
+    /// The file's text, to place errors inside strings (conditions).
+    text: &'a str,
     /// Every menu name defined, valid or not (so a bad name is reported once, not at each use).
     menu_names: BTreeSet<String>,
     /// Where each menu is defined (its key in `[menus.<name>]`), for warnings about it.
@@ -755,6 +1052,10 @@ struct Checker<'a> {
     language: String,
     /// Whether any option or answer has phrases.
     any_phrase: bool,
+    /// Every queue name referred to, checked against `[queues]` once the file is read.
+    queue_refs: Vec<MenuRef>,
+    /// The queues declared in `[queues]`.
+    queue_names: BTreeSet<String>,
 }
 
 impl ValueReader for Checker<'_> {
@@ -768,12 +1069,15 @@ impl<'a> Checker<'a> {
         Checker {
             catalog,
             diags: Diagnostics::new(file, text),
+            text,
             menu_names: BTreeSet::new(),
             menu_spans: HashMap::new(),
             menu_refs: Vec::new(),
             prompt_refs: BTreeMap::new(),
             language: DEFAULT_LANGUAGE.to_string(),
             any_phrase: false,
+            queue_refs: Vec::new(),
+            queue_names: BTreeSet::new(),
         }
     }
 
@@ -793,6 +1097,7 @@ impl<'a> Checker<'a> {
         dialplan: Option<Dialplan>,
     ) -> Result<(Dialplan, Vec<Diagnostic>), DialplanError> {
         self.check_menu_refs();
+        self.check_queue_refs();
         self.check_prompts();
         match dialplan {
             Some(dialplan) if !self.diags.has_errors() => {
@@ -1159,6 +1464,9 @@ impl<'a> Checker<'a> {
         let mut defaults_table = None;
         let mut menus_table = None;
         let mut speech_table = None;
+        let mut routes_item = None;
+        let mut queues_table = None;
+        let mut fraud_table = None;
         for (key, value) in doc.iter() {
             match key.get_ref().as_ref() {
                 "name" => {
@@ -1176,6 +1484,9 @@ impl<'a> Checker<'a> {
                 "defaults" => defaults_table = self.table(value, "defaults"),
                 "speech" => speech_table = self.table(value, "speech"),
                 "menus" => menus_table = Some(self.table(value, "menus")),
+                "routes" => routes_item = Some(value),
+                "queues" => queues_table = Some(self.table(value, "queues")),
+                "fraud" => fraud_table = Some(self.table(value, "fraud")),
                 _ => self.unknown_field(key, TOP_FIELDS, "the dialplan"),
             }
         }
@@ -1258,16 +1569,42 @@ impl<'a> Checker<'a> {
                 }
             }
         }
+        if let Some(Some(table)) = queues_table {
+            for key in table.keys() {
+                self.queue_names.insert(key.get_ref().to_string());
+            }
+        }
+        let queues = match queues_table {
+            Some(Some(table)) => self.queues(table),
+            Some(None) => None,
+            None => Some(BTreeMap::new()),
+        };
+        let routes = match routes_item {
+            Some(item) => self.routes(item),
+            None => Some(Vec::new()),
+        };
+        let fraud = match fraud_table {
+            Some(Some(table)) => self.fraud(table),
+            Some(None) => None,
+            None => Some(FraudSettings::default()),
+        };
         let prompts = self.prompt_refs.keys().cloned().collect();
-        match (name, entry, all_ok) {
-            (Some(name), Some(entry), true) if menus_table.is_some() => Some(Dialplan {
-                name,
-                entry,
-                menus,
-                prompts,
-                speech,
-                speech_enabled,
-            }),
+        match (name, entry, all_ok, routes, queues, fraud) {
+            (Some(name), Some(entry), true, Some(routes), Some(queues), Some(fraud))
+                if menus_table.is_some() =>
+            {
+                Some(Dialplan {
+                    name,
+                    entry,
+                    menus,
+                    prompts,
+                    speech,
+                    speech_enabled,
+                    routes,
+                    queues,
+                    fraud,
+                })
+            }
             _ => None,
         }
     }
@@ -1786,7 +2123,8 @@ impl<'a> Checker<'a> {
                 value.span(),
                 format!(
                     "{place} must be a table such as {{ goto = \"menu\" }}, {{ play = \"prompt\" }}, \
-                     {{ transfer = \"agents\" }}, {{ hangup = true }} or {{ opt_out = true }}; found {}",
+                     {{ queue = \"agents\" }}, {{ transfer = \"agents\" }}, {{ hangup = true }} or \
+                     {{ opt_out = true }}; found {}",
                     value.get_ref().type_str()
                 ),
             );
@@ -1795,6 +2133,8 @@ impl<'a> Checker<'a> {
         let mut verb: Option<(&str, &Item<'_>)> = None;
         let mut then = None;
         let mut prompt = None;
+        let mut priority = None;
+        let mut whisper = None;
         let mut ok = true;
         for (key, field_value) in table.iter() {
             let field = key.get_ref().as_ref();
@@ -1815,6 +2155,10 @@ impl<'a> Checker<'a> {
                 then = Some((key, field_value));
             } else if field == "prompt" {
                 prompt = Some((key, field_value));
+            } else if field == "priority" {
+                priority = Some((key, field_value));
+            } else if field == "whisper" {
+                whisper = Some((key, field_value));
             } else if VOICE_FIELDS.contains(&field) {
                 // Read by the option; a final action is chosen by no one.
                 if default_then.is_none() {
@@ -1847,7 +2191,16 @@ impl<'a> Checker<'a> {
             return None;
         };
         let takes_then = matches!(verb, "play" | "opt_out");
-        let takes_prompt = matches!(verb, "transfer" | "hangup" | "opt_out");
+        let takes_prompt = matches!(verb, "transfer" | "hangup" | "opt_out" | "queue");
+        for (name, given) in [("priority", &priority), ("whisper", &whisper)] {
+            if let (false, Some((key, _))) = (verb == "queue", given) {
+                self.error(
+                    key.span(),
+                    format!("'{name}' does not apply to '{verb}' (only to queue)"),
+                );
+                ok = false;
+            }
+        }
         if let (false, Some((key, _))) = (takes_then, then) {
             self.error(
                 key.span(),
@@ -1866,6 +2219,7 @@ impl<'a> Checker<'a> {
             );
             ok = false;
         }
+        let branch_then = default_then.clone();
         let then = match then {
             Some((_, v)) if takes_then => self.next(v, "then"),
             _ => Some(default_then.unwrap_or(Next::Hangup)),
@@ -1915,6 +2269,28 @@ impl<'a> Checker<'a> {
                 }
                 Action::Hangup { prompts: prompts? }
             }
+            "queue" => {
+                let queue = self.queue_ref(verb_value)?;
+                let priority = match priority {
+                    Some((_, v)) => Some(self.priority(v)?),
+                    None => None,
+                };
+                let whisper = match whisper {
+                    Some((_, v)) => Some(self.whisper_text(v)?),
+                    None => None,
+                };
+                Action::Queue {
+                    queue,
+                    priority,
+                    prompts: prompts?,
+                    whisper,
+                }
+            }
+            "verify_voice" => Action::VerifyVoice(Box::new(self.voice_check(
+                verb_value,
+                place,
+                branch_then,
+            )?)),
             _ => {
                 if !self.true_flag(verb_value, "opt_out")? {
                     return None;
@@ -2197,7 +2573,713 @@ impl<'a> Checker<'a> {
         Some(flag)
     }
 
+    // --- routing: queues, routes, voice checks, fraud ------------------------------------------
+
+    /// A queue name (the value of `queue = ...` or `fast_lane = ...`), checked against
+    /// `[queues]` once the file is read.
+    fn queue_ref(&mut self, value: &Item<'_>) -> Option<String> {
+        let name = self.string(value, "queue")?;
+        if let Some(problem) = queue_name_problem(&name) {
+            self.error(
+                value.span(),
+                format!("invalid queue name '{}': {problem}", printable(&name)),
+            );
+            return None;
+        }
+        self.queue_refs.push(MenuRef {
+            name: name.clone(),
+            span: value.span(),
+        });
+        Some(name)
+    }
+
+    /// A queue priority: a whole number within [`PRIORITY_RANGE`].
+    fn priority(&mut self, value: &Item<'_>) -> Option<i32> {
+        let (min, max) = PRIORITY_RANGE;
+        let DeValue::Integer(i) = value.get_ref() else {
+            self.type_error(value, "priority", "a whole number");
+            return None;
+        };
+        match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) if (min..=max).contains(&n) => i32::try_from(n).ok(),
+            _ => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "'priority' must be between {min} and {max} (higher is answered first)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A short text for the agent.
+    fn whisper_text(&mut self, value: &Item<'_>) -> Option<String> {
+        let text = self.string(value, "whisper")?;
+        let text = text.trim();
+        if text.is_empty() || text.chars().count() > MAX_WHISPER_CHARS {
+            self.error(
+                value.span(),
+                format!("'whisper' needs 1 to {MAX_WHISPER_CHARS} characters"),
+            );
+            return None;
+        }
+        Some(text.to_string())
+    }
+
+    /// `verify_voice = { phrase_text = "...", on_accept = ..., on_reject = ..., ... }`.
+    /// `default_then` is where a branch's `play` continues without `then` (the option's menu).
+    fn voice_check(
+        &mut self,
+        value: &Item<'_>,
+        place: &str,
+        default_then: Option<Next>,
+    ) -> Option<VoiceCheck> {
+        let table = self.table(value, "verify_voice")?;
+        let place = format!("'verify_voice' of {place}");
+        let mut phrase: Option<Spoken> = None;
+        let mut phrase_given = false;
+        let mut reuse_speech = true;
+        let mut branches: BTreeMap<&str, Option<Action>> = BTreeMap::new();
+        let mut ok = true;
+        for (key, field_value) in table.iter() {
+            let field = key.get_ref().as_ref();
+            match field {
+                "phrase_prompt" | "phrase_text" => {
+                    if phrase_given {
+                        self.error(
+                            key.span(),
+                            format!("{place} has both 'phrase_prompt' and 'phrase_text': keep one"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    phrase_given = true;
+                    phrase = if field == "phrase_prompt" {
+                        self.prompts(field_value, field).map(Spoken::Prompts)
+                    } else {
+                        self.local_text(field_value, field).map(Spoken::Text)
+                    };
+                    ok &= phrase.is_some();
+                }
+                "reuse_speech" => match self.boolean(field_value, field) {
+                    Some(b) => reuse_speech = b,
+                    None => ok = false,
+                },
+                "on_accept" | "on_reject" | "on_not_enough" | "on_not_enrolled" => {
+                    let name = VERIFY_FIELDS
+                        .iter()
+                        .find(|f| **f == field)
+                        .copied()
+                        .unwrap_or("on_accept");
+                    let branch = self.branch(
+                        field_value,
+                        &format!("'{name}' in {place}"),
+                        default_then.clone(),
+                    );
+                    ok &= branch.is_some();
+                    branches.insert(name, branch);
+                }
+                _ => {
+                    self.unknown_field(key, VERIFY_FIELDS, &place);
+                    ok = false;
+                }
+            }
+        }
+        if !phrase_given {
+            self.error(
+                value.span(),
+                format!(
+                    "{place} has neither 'phrase_prompt' (prompt name(s)) nor 'phrase_text' \
+                     (a text read by TTS): what the caller is asked to say"
+                ),
+            );
+            ok = false;
+        }
+        for required in ["on_accept", "on_reject", "on_not_enough"] {
+            if !branches.contains_key(required) {
+                self.error(
+                    value.span(),
+                    format!("{place} has no '{required}': where the call goes on that decision"),
+                );
+                ok = false;
+            }
+        }
+        let get = |b: &mut BTreeMap<&str, Option<Action>>, k: &str| b.remove(k).flatten();
+        let on_accept = get(&mut branches, "on_accept");
+        let on_reject = get(&mut branches, "on_reject");
+        let on_not_enough = get(&mut branches, "on_not_enough");
+        let on_not_enrolled = get(&mut branches, "on_not_enrolled");
+        if !ok {
+            return None;
+        }
+        let on_not_enough = on_not_enough?;
+        Some(VoiceCheck {
+            phrase: phrase?,
+            reuse_speech,
+            on_accept: on_accept?,
+            on_reject: on_reject?,
+            on_not_enrolled: on_not_enrolled.unwrap_or_else(|| on_not_enough.clone()),
+            on_not_enough,
+        })
+    }
+
+    /// A voice check's branch: a menu name, `"hangup"`, or an action table (not another
+    /// voice check).
+    fn branch(
+        &mut self,
+        value: &Item<'_>,
+        place: &str,
+        default_then: Option<Next>,
+    ) -> Option<Action> {
+        if let Some(table) = value.get_ref().as_table() {
+            for field in VOICE_FIELDS {
+                if let Some((key, _)) = table.get_key_value(*field) {
+                    self.error(
+                        key.span(),
+                        format!("'{field}' does not apply to {place}: phrases belong to options"),
+                    );
+                    return None;
+                }
+            }
+        }
+        if value.get_ref().as_str().is_some() {
+            return match self.next(value, "branch")? {
+                Next::Menu(menu) => Some(Action::Goto { menu }),
+                Next::Hangup => Some(Action::Hangup {
+                    prompts: Vec::new(),
+                }),
+            };
+        }
+        let action = self.action(value, place, default_then)?;
+        if matches!(action, Action::VerifyVoice(_)) {
+            self.error(
+                value.span(),
+                format!("{place} is another 'verify_voice': a voice check is done once"),
+            );
+            return None;
+        }
+        Some(action)
+    }
+
+    /// `[[routes]]`.
+    fn routes(&mut self, value: &Item<'_>) -> Option<Vec<Route>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.type_error(value, "routes", "a list of tables ([[routes]] blocks)");
+            return None;
+        };
+        let mut routes = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (index, item) in items.iter().enumerate() {
+            let number = index.saturating_add(1);
+            match self.route(item, number) {
+                Some(route) => routes.push(route),
+                None => ok = false,
+            }
+        }
+        ok.then_some(routes)
+    }
+
+    fn route(&mut self, item: &Item<'_>, number: usize) -> Option<Route> {
+        let place = format!("route {number}");
+        let Some(table) = item.get_ref().as_table() else {
+            self.type_error(item, "routes", "a list of tables ([[routes]] blocks)");
+            return None;
+        };
+        let mut when = None;
+        let mut action = None;
+        let mut reason = None;
+        let mut whisper = None;
+        let mut ok = true;
+        for (key, value) in table.iter() {
+            match key.get_ref().as_ref() {
+                "when" => {
+                    when = self.condition(value);
+                    ok &= when.is_some();
+                }
+                "action" => {
+                    action = self.route_action(value, &place);
+                    ok &= action.is_some();
+                }
+                "reason" => {
+                    reason = self.string(value, "reason");
+                    if let Some(r) = &reason {
+                        if let Some(problem) = queue_name_problem(r) {
+                            self.error(
+                                value.span(),
+                                format!("invalid reason '{}': {problem}", printable(r)),
+                            );
+                            reason = None;
+                        }
+                    }
+                    ok &= reason.is_some();
+                }
+                "whisper" => {
+                    whisper = self.whisper_text(value);
+                    ok &= whisper.is_some();
+                }
+                _ => {
+                    self.unknown_field(key, ROUTE_FIELDS, &place);
+                    ok = false;
+                }
+            }
+        }
+        for (field, given, example) in [
+            ("when", table.contains_key("when"), "when = \"age >= 65\""),
+            (
+                "action",
+                table.contains_key("action"),
+                "action = { queue = \"agents\" }",
+            ),
+        ] {
+            if !given {
+                self.error(
+                    item.span(),
+                    format!("{place} has no '{field}', e.g. {example}"),
+                );
+                ok = false;
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let reason = reason.unwrap_or_else(|| format!("route-{number}"));
+        let whisper = whisper.unwrap_or_else(|| reason.replace('_', " "));
+        Some(Route {
+            when: when?,
+            action: action?,
+            reason,
+            whisper,
+        })
+    }
+
+    /// A condition (`when`), its errors placed at the offending character.
+    fn condition(&mut self, value: &Item<'_>) -> Option<Condition> {
+        let text = self.string(value, "when")?;
+        match Condition::parse(&text) {
+            Ok(c) => Some(c),
+            Err(err) => {
+                let span = value.span();
+                // A plain one-line string ("..." or '...') maps offsets exactly; with escapes
+                // or multi-line quotes the error points at the string's start.
+                let raw = self.text.get(span.clone()).unwrap_or("");
+                let exact = raw.len() == text.len().saturating_add(2)
+                    && raw.get(1..raw.len().saturating_sub(1)) == Some(text.as_str())
+                    && matches!(raw.chars().next(), Some('"' | '\''));
+                let at = if exact {
+                    span.start.saturating_add(1).saturating_add(err.offset)
+                } else {
+                    span.start
+                };
+                self.error(
+                    at..at,
+                    format!("in condition '{}': {}", printable(&text), err.message),
+                );
+                None
+            }
+        }
+    }
+
+    /// A route's action: a fast lane table, or any option action.
+    fn route_action(&mut self, value: &Item<'_>, place: &str) -> Option<RouteAction> {
+        let Some(table) = value.get_ref().as_table() else {
+            self.type_error(
+                value,
+                "action",
+                "a table such as { queue = \"experts\" } or { fast_lane = \"agents\", mode = \"offer\" }",
+            );
+            return None;
+        };
+        if !table.contains_key("fast_lane") {
+            let action = self.action(value, &format!("the action of {place}"), None)?;
+            if let Action::Queue {
+                queue,
+                priority,
+                prompts,
+                whisper,
+            } = action
+            {
+                return Some(RouteAction::Run(Action::Queue {
+                    queue,
+                    priority: priority.or(Some(PRIORITY_VIP)),
+                    prompts,
+                    whisper,
+                }));
+            }
+            return Some(RouteAction::Run(action));
+        }
+        let mut queue = None;
+        let mut offer = true;
+        let mut priority = PRIORITY_FAST_LANE;
+        let mut prompts = Vec::new();
+        let mut text = None;
+        let mut phrases = None;
+        let mut ok = true;
+        for (key, field_value) in table.iter() {
+            let field = key.get_ref().as_ref();
+            match field {
+                "fast_lane" => {
+                    queue = self.queue_ref(field_value);
+                    ok &= queue.is_some();
+                }
+                "mode" => match self.string(field_value, field).as_deref() {
+                    Some("offer") => offer = true,
+                    Some("transfer") => offer = false,
+                    Some(other) => {
+                        let hint = did_you_mean(other, ["offer", "transfer"])
+                            .map(|s| format!(" (did you mean '{s}'?)"))
+                            .unwrap_or_default();
+                        self.error(
+                            field_value.span(),
+                            format!(
+                                "unknown fast lane mode '{}'{hint}: \"offer\" (tell the caller, \
+                                 keep the menus) or \"transfer\" (queue at once)",
+                                printable(other)
+                            ),
+                        );
+                        ok = false;
+                    }
+                    None => ok = false,
+                },
+                "priority" => match self.priority(field_value) {
+                    Some(p) => priority = p,
+                    None => ok = false,
+                },
+                "prompt" => match self.prompts(field_value, field) {
+                    Some(p) => prompts = p,
+                    None => ok = false,
+                },
+                "offer_text" => {
+                    text = self.local_text(field_value, field);
+                    ok &= text.is_some();
+                }
+                "say" => {
+                    let (list, say_ok) = self.say(field_value, "say");
+                    for p in &list {
+                        if crate::speech::intent::PhraseSet::new()
+                            .add("fast lane", &p.text)
+                            .is_err()
+                        {
+                            self.error(
+                                p.span.clone(),
+                                format!(
+                                    "phrase '{}' has no words once punctuation is removed",
+                                    printable(&p.text)
+                                ),
+                            );
+                            ok = false;
+                        }
+                    }
+                    phrases = Some(group_phrases(&list));
+                    ok &= say_ok;
+                }
+                _ => {
+                    self.unknown_field(key, FAST_LANE_FIELDS, &format!("the action of {place}"));
+                    ok = false;
+                }
+            }
+        }
+        if !offer {
+            for field in ["offer_text", "say"] {
+                if let Some((key, _)) = table.get_key_value(field) {
+                    self.diags.warning(
+                        key.span(),
+                        format!("'{field}' has no effect with mode = \"transfer\""),
+                    );
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let queue = queue?;
+        if !offer {
+            return Some(RouteAction::Run(Action::Queue {
+                queue,
+                priority: Some(priority),
+                prompts,
+                whisper: None,
+            }));
+        }
+        let text = text.unwrap_or_else(|| {
+            LocalText(BTreeMap::from([(
+                DEFAULT_LANGUAGE.to_string(),
+                DEFAULT_OFFER_TEXT.to_string(),
+            )]))
+        });
+        let phrases = phrases.unwrap_or_else(|| {
+            Phrases::from([(
+                DEFAULT_LANGUAGE.to_string(),
+                DEFAULT_FAST_LANE_PHRASES
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+            )])
+        });
+        Some(RouteAction::Offer {
+            queue,
+            priority,
+            prompts,
+            text,
+            phrases,
+        })
+    }
+
+    /// `[queues]`: every queue's fallbacks.
+    fn queues(&mut self, table: &DeTable<'_>) -> Option<BTreeMap<String, QueueConfig>> {
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (key, value) in table.iter() {
+            let name = key.get_ref().to_string();
+            if let Some(problem) = queue_name_problem(&name) {
+                self.error(
+                    key.span(),
+                    format!("invalid queue name '{}': {problem}", printable(&name)),
+                );
+                ok = false;
+                continue;
+            }
+            let place = format!("queue '{name}'");
+            let Some(queue_table) = value.get_ref().as_table() else {
+                self.error(
+                    value.span(),
+                    format!("{place} must be a table ([queues.{name}] followed by its fallbacks)"),
+                );
+                ok = false;
+                continue;
+            };
+            let mut given: BTreeMap<&str, Fallback> = BTreeMap::new();
+            for (field_key, field_value) in queue_table.iter() {
+                let field = field_key.get_ref().as_ref();
+                match QUEUE_FIELDS.iter().find(|f| **f == field) {
+                    Some(field) => {
+                        match self.fallback(field_value, &format!("'{field}' of {place}")) {
+                            Some(f) => {
+                                given.insert(field, f);
+                            }
+                            None => ok = false,
+                        }
+                    }
+                    None => {
+                        self.unknown_field(field_key, QUEUE_FIELDS, &place);
+                        ok = false;
+                    }
+                }
+            }
+            let default = given.get("unavailable").cloned().unwrap_or(Fallback {
+                kind: FallbackKind::Message,
+                message: Spoken::Text(LocalText(BTreeMap::from([(
+                    DEFAULT_LANGUAGE.to_string(),
+                    DEFAULT_UNAVAILABLE_TEXT.to_string(),
+                )]))),
+                then: Next::Hangup,
+            });
+            let mut pick = |k: &str| given.remove(k).unwrap_or_else(|| default.clone());
+            out.insert(
+                name.clone(),
+                QueueConfig {
+                    after_hours: pick("after_hours"),
+                    overflow: pick("overflow"),
+                    no_agents: pick("no_agents"),
+                    name,
+                },
+            );
+        }
+        ok.then_some(out)
+    }
+
+    /// A queue fallback: `{ play | text, then }`, `{ callback = true, ... }` or
+    /// `{ voicemail = true, max_seconds = 120, ... }`.
+    fn fallback(&mut self, value: &Item<'_>, place: &str) -> Option<Fallback> {
+        let Some(table) = value.get_ref().as_table() else {
+            self.error(
+                value.span(),
+                format!(
+                    "{place} must be a table such as {{ play = \"closed\", then = \"hangup\" }}, \
+                     {{ callback = true }} or {{ voicemail = true, max_seconds = 120 }}"
+                ),
+            );
+            return None;
+        };
+        let mut message: Option<Spoken> = None;
+        let mut message_field: Option<&str> = None;
+        let mut then = Next::Hangup;
+        let mut callback = false;
+        let mut voicemail = false;
+        let mut max_seconds: Option<(u64, Span)> = None;
+        let mut ok = true;
+        for (key, field_value) in table.iter() {
+            let field = key.get_ref().as_ref();
+            match field {
+                "play" | "text" => {
+                    if let Some(first) = message_field {
+                        self.error(
+                            key.span(),
+                            format!("{place} has both '{first}' and '{field}': keep one"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    message_field = Some(if field == "play" { "play" } else { "text" });
+                    message = if field == "play" {
+                        self.prompts(field_value, field).map(Spoken::Prompts)
+                    } else {
+                        self.local_text(field_value, field).map(Spoken::Text)
+                    };
+                    ok &= message.is_some();
+                }
+                "then" => match self.next(field_value, field) {
+                    Some(n) => then = n,
+                    None => ok = false,
+                },
+                "callback" | "voicemail" => match self.true_flag(field_value, field) {
+                    Some(true) if field == "callback" => callback = true,
+                    Some(true) => voicemail = true,
+                    _ => ok = false,
+                },
+                "max_seconds" => {
+                    let (min, max) = VOICEMAIL_SECONDS_RANGE;
+                    match field_value.get_ref() {
+                        DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                            Ok(n) if (min..=max).contains(&n) => {
+                                max_seconds = u64::try_from(n).ok().map(|n| (n, key.span()));
+                            }
+                            _ => {
+                                self.error(
+                                    field_value.span(),
+                                    format!("'max_seconds' must be between {min} and {max}"),
+                                );
+                                ok = false;
+                            }
+                        },
+                        _ => {
+                            self.type_error(field_value, field, "a whole number of seconds");
+                            ok = false;
+                        }
+                    }
+                }
+                _ => {
+                    self.unknown_field(key, FALLBACK_FIELDS, place);
+                    ok = false;
+                }
+            }
+        }
+        if callback && voicemail {
+            self.error(
+                value.span(),
+                format!("{place} has both 'callback' and 'voicemail': a fallback does one thing"),
+            );
+            ok = false;
+        }
+        if let (false, Some((_, span))) = (voicemail, &max_seconds) {
+            self.error(
+                span.clone(),
+                "'max_seconds' only applies to voicemail = true".to_string(),
+            );
+            ok = false;
+        }
+        if !callback && !voicemail && message_field.is_none() && ok {
+            self.error(
+                value.span(),
+                format!(
+                    "{place} says nothing: add play = \"<prompt>\" or text = \"...\", or use \
+                     callback = true or voicemail = true"
+                ),
+            );
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        let default_text = |t: &str| {
+            Spoken::Text(LocalText(BTreeMap::from([(
+                DEFAULT_LANGUAGE.to_string(),
+                t.to_string(),
+            )])))
+        };
+        let (kind, default) = if callback {
+            (FallbackKind::Callback, DEFAULT_CALLBACK_TEXT)
+        } else if voicemail {
+            let secs = max_seconds.map_or(DEFAULT_VOICEMAIL_SECONDS, |(s, _)| s);
+            (
+                FallbackKind::Voicemail {
+                    max: Duration::from_secs(secs),
+                },
+                DEFAULT_VOICEMAIL_TEXT,
+            )
+        } else {
+            (FallbackKind::Message, DEFAULT_UNAVAILABLE_TEXT)
+        };
+        Some(Fallback {
+            kind,
+            message: message.unwrap_or_else(|| default_text(default)),
+            then,
+        })
+    }
+
+    /// `[fraud]`.
+    fn fraud(&mut self, table: &DeTable<'_>) -> Option<FraudSettings> {
+        let mut fraud = FraudSettings::default();
+        let mut ok = true;
+        for (key, value) in table.iter() {
+            match key.get_ref().as_ref() {
+                "on_hit" => match value.get_ref().as_str() {
+                    Some("flag") => fraud.on_hit = None,
+                    Some(other) => {
+                        self.error(
+                            value.span(),
+                            format!(
+                                "unknown 'on_hit' '{}': \"flag\" (record only) or an action such \
+                                 as {{ queue = \"risk\" }}",
+                                printable(other)
+                            ),
+                        );
+                        ok = false;
+                    }
+                    None => match self.action(value, "'on_hit' in [fraud]", None) {
+                        Some(Action::VerifyVoice(_)) => {
+                            self.error(
+                                value.span(),
+                                "'on_hit' cannot be a voice check".to_string(),
+                            );
+                            ok = false;
+                        }
+                        Some(action) => fraud.on_hit = Some(action),
+                        None => ok = false,
+                    },
+                },
+                _ => {
+                    self.unknown_field(key, FRAUD_FIELDS, "[fraud]");
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(fraud)
+    }
+
     // --- cross-checks once everything is read -----------------------------------------------
+
+    fn check_queue_refs(&mut self) {
+        let refs = std::mem::take(&mut self.queue_refs);
+        for r in refs {
+            if self.queue_names.contains(&r.name) {
+                continue;
+            }
+            let hint = did_you_mean(&r.name, self.queue_names.iter().map(String::as_str))
+                .map(|s| format!(" (did you mean '{s}'?)"))
+                .unwrap_or_else(|| {
+                    format!(
+                        "; declare it as [queues.{}] (its fallbacks when closed)",
+                        printable(&r.name)
+                    )
+                });
+            self.error(
+                r.span,
+                format!("unknown queue '{}'{hint}", printable(&r.name)),
+            );
+        }
+    }
 
     fn check_menu_refs(&mut self) {
         let refs = std::mem::take(&mut self.menu_refs);
@@ -2244,6 +3326,7 @@ impl<'a> Checker<'a> {
     fn check_reachability(&mut self, dialplan: &Dialplan) {
         let mut seen = BTreeSet::new();
         let mut queue = VecDeque::from([dialplan.entry.as_str()]);
+        queue.extend(entry_points(dialplan));
         while let Some(name) = queue.pop_front() {
             if !seen.insert(name) {
                 continue;
@@ -2298,9 +3381,24 @@ fn group_phrases(list: &[SpannedPhrase]) -> Phrases {
     out
 }
 
-/// Menus an action can lead to.
+/// Calls `f` on `action` and on every action nested in it (a voice check's branches).
+pub fn walk_actions<'a>(action: &'a Action, f: &mut dyn FnMut(&'a Action)) {
+    f(action);
+    if let Action::VerifyVoice(check) = action {
+        for branch in [
+            &check.on_accept,
+            &check.on_reject,
+            &check.on_not_enough,
+            &check.on_not_enrolled,
+        ] {
+            walk_actions(branch, f);
+        }
+    }
+}
+
+/// Menus an action can lead to (including through a voice check's branches).
 fn action_targets<'a>(action: &'a Action, out: &mut Vec<&'a str>) {
-    match action {
+    walk_actions(action, &mut |a| match a {
         Action::Goto { menu }
         | Action::Play {
             then: Next::Menu(menu),
@@ -2311,7 +3409,29 @@ fn action_targets<'a>(action: &'a Action, out: &mut Vec<&'a str>) {
             ..
         } => out.push(menu),
         _ => {}
+    });
+}
+
+/// Menus the call can reach from outside the menus: route actions, queue fallbacks and the
+/// fraud action.
+fn entry_points(dialplan: &Dialplan) -> Vec<&str> {
+    let mut out = Vec::new();
+    for route in &dialplan.routes {
+        if let RouteAction::Run(action) = &route.action {
+            action_targets(action, &mut out);
+        }
     }
+    for queue in dialplan.queues.values() {
+        for fallback in [&queue.after_hours, &queue.overflow, &queue.no_agents] {
+            if let Next::Menu(m) = &fallback.then {
+                out.push(m);
+            }
+        }
+    }
+    if let Some(action) = &dialplan.fraud.on_hit {
+        action_targets(action, &mut out);
+    }
+    out
 }
 
 /// Makes toml's syntax messages actionable: names the duplicated key.
@@ -2428,6 +3548,20 @@ pub(crate) fn prompt_name_problem(name: &str) -> Option<String> {
         {
             return Some("use letters, digits, '-', '_', '.' and '/'".to_string());
         }
+    }
+    None
+}
+
+/// Queue names and route reasons: like menu names.
+fn queue_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 64 {
+        return Some("use 1 to 64 characters".to_string());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Some("use letters, digits, '-' and '_'".to_string());
     }
     None
 }
@@ -3286,15 +4420,62 @@ next = "main"
                 menu: "credit".into()
             }
         );
+        // 0 is the agents queue (before routing: a transfer to "agents"); 4 the risk desk.
         assert!(
-            matches!(main("0"), Action::Transfer { target, prompts } if target == "agents" && !prompts.is_empty())
+            matches!(main("0"), Action::Queue { queue, prompts, priority: None, .. } if queue == "agents" && !prompts.is_empty())
         );
+        assert!(matches!(main("4"), Action::Queue { queue, .. } if queue == "risk"));
         assert!(
             matches!(main("9"), Action::OptOut { then: Next::Hangup, prompts } if prompts.len() == 2)
         );
         let credit = |k: &str| option(&plan, "credit", k).clone();
         assert!(matches!(credit("1"), Action::Play { then: Next::Menu(m), .. } if m == "credit"));
-        assert!(matches!(credit("2"), Action::Play { then: Next::Menu(m), .. } if m == "credit"));
+        // The limit increase needs the voiceprint; accepted (or not enrolled: the request is
+        // noted) it plays as before.
+        let Action::VerifyVoice(check) = credit("2") else {
+            panic!("credit 2 checks the voice: {:?}", credit("2"));
+        };
+        for branch in [&check.on_accept, &check.on_not_enrolled] {
+            assert!(
+                matches!(branch, Action::Play { prompts, then: Next::Menu(m) } if m == "credit" && prompts == &["limit-increase"])
+            );
+        }
+        assert!(matches!(&check.on_reject, Action::Queue { queue, .. } if queue == "risk"));
+        assert!(matches!(&check.on_not_enough, Action::Queue { queue, .. } if queue == "agents"));
+        // Routes: 65+ offered the fast lane, VIP to the experts, open complaints to risk.
+        let routes: Vec<(&str, &str)> = plan
+            .routes()
+            .iter()
+            .map(|r| (r.reason.as_str(), r.when.source()))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("elderly", "age >= 65"),
+                ("vip", "segment == 'vip'"),
+                ("open_complaint", "open_complaint and known")
+            ]
+        );
+        assert!(
+            matches!(&plan.routes()[0].action, RouteAction::Offer { queue, priority: PRIORITY_FAST_LANE, .. } if queue == "agents")
+        );
+        assert!(
+            matches!(&plan.routes()[1].action, RouteAction::Run(Action::Queue { queue, priority: Some(PRIORITY_VIP), .. }) if queue == "experts")
+        );
+        let queues: Vec<&str> = plan.queues().map(|q| q.name.as_str()).collect();
+        assert_eq!(queues, ["agents", "experts", "risk"]);
+        let agents = plan.queue("agents").expect("agents queue");
+        assert_eq!(agents.after_hours.kind, FallbackKind::Message);
+        assert_eq!(agents.overflow.kind, FallbackKind::Callback);
+        assert_eq!(
+            agents.no_agents.kind,
+            FallbackKind::Voicemail {
+                max: Duration::from_secs(120)
+            }
+        );
+        assert!(
+            matches!(&plan.fraud().on_hit, Some(Action::Queue { queue, priority: Some(8), .. }) if queue == "risk")
+        );
         assert_eq!(
             credit("*"),
             Action::Goto {
@@ -3929,6 +5110,405 @@ next = "a"
         let speech = plan.speech().expect("speech on");
         assert_eq!(speech.confidence, 0.7);
         assert!(!menu(&plan, "main").answers.is_empty());
+    }
+
+    // --- routing ------------------------------------------------------------------------
+
+    /// A menu with options, the three demo queues and `extra` appended.
+    fn routed(extra: &str) -> String {
+        format!(
+            r#"entry = "main"
+[menus.main]
+prompt = "main-menu"
+options.1 = {{ play = "balance" }}
+[queues.agents]
+[queues.experts]
+[queues.risk]
+{extra}"#
+        )
+    }
+
+    #[test]
+    fn routes_parse_in_order_with_their_defaults() {
+        let (plan, warnings) = ok(&routed(
+            r#"
+[[routes]]
+when = "age >= 65"
+reason = "elderly"
+whisper = "elderly caller"
+action = { fast_lane = "agents" }
+[[routes]]
+when = "segment == 'vip'"
+action = { queue = "experts" }
+[[routes]]
+when = "voice == 'rejected' or watchlist"
+reason = "suspect"
+action = { queue = "risk", priority = -3, prompt = "please-hold" }
+[[routes]]
+when = "language == 'zh'"
+action = { fast_lane = "agents", mode = "transfer", priority = 7 }
+[[routes]]
+when = "open_complaint"
+action = { goto = "main" }
+"#,
+        ));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let routes = plan.routes();
+        assert_eq!(routes.len(), 5);
+        assert_eq!(
+            (routes[0].reason.as_str(), routes[0].whisper.as_str()),
+            ("elderly", "elderly caller")
+        );
+        let RouteAction::Offer {
+            queue,
+            priority,
+            prompts,
+            text,
+            phrases,
+        } = &routes[0].action
+        else {
+            panic!("offer: {:?}", routes[0].action)
+        };
+        assert_eq!((queue.as_str(), *priority), ("agents", PRIORITY_FAST_LANE));
+        assert!(prompts.is_empty());
+        assert_eq!(text.get("en", "en"), Some(DEFAULT_OFFER_TEXT));
+        assert_eq!(phrases["en"], DEFAULT_FAST_LANE_PHRASES);
+        // Without reason: route-<n>; the whisper is the reason.
+        assert_eq!(
+            (routes[1].reason.as_str(), routes[1].whisper.as_str()),
+            ("route-2", "route-2")
+        );
+        assert_eq!(
+            routes[1].action,
+            RouteAction::Run(Action::Queue {
+                queue: "experts".into(),
+                priority: Some(PRIORITY_VIP),
+                prompts: vec![],
+                whisper: None
+            })
+        );
+        assert_eq!(
+            routes[2].action,
+            RouteAction::Run(Action::Queue {
+                queue: "risk".into(),
+                priority: Some(-3),
+                prompts: vec!["please-hold".into()],
+                whisper: None
+            })
+        );
+        assert!(routes[2].when.uses(crate::ivr::routing::Field::Voice));
+        assert_eq!(
+            routes[3].action,
+            RouteAction::Run(Action::Queue {
+                queue: "agents".into(),
+                priority: Some(7),
+                prompts: vec![],
+                whisper: None
+            })
+        );
+        assert_eq!(
+            routes[4].action,
+            RouteAction::Run(Action::Goto {
+                menu: "main".into()
+            })
+        );
+    }
+
+    #[test]
+    fn condition_errors_point_at_the_character_in_the_file() {
+        let text = routed(
+            r#"
+[[routes]]
+when = "age >= 65 and segmnt == 'vip'"
+action = { queue = "agents" }
+[[routes]]
+when = 'voice == "rejectd"'
+action = { queue = "risk" }
+[[routes]]
+when = "age >= \u0041"
+action = { queue = "risk" }
+"#,
+        );
+        let d = diags(&text);
+        // Line 10 is `when = "age >= 65 and segmnt == 'vip'"`: segmnt starts at column 23.
+        let e = one(&d, "unknown field 'segmnt'");
+        assert_eq!(at(e), (10, 23), "{e}");
+        assert!(e.message.contains("did you mean 'segment'"), "{e}");
+        assert!(
+            e.message.contains("in condition 'age >= 65 and segmnt"),
+            "{e}"
+        );
+        let e = one(&d, "unknown voice decision");
+        assert_eq!(at(e), (13, 18), "{e}");
+        // With an escape in the string the offsets cannot be mapped: the string's start.
+        let e = one(&d, "whole number");
+        assert_eq!(at(e), (16, 8), "{e}");
+        // Missing pieces.
+        let d = diags(&routed("[[routes]]\nreason = \"x y\"\n"));
+        one(&d, "route 1 has no 'when'");
+        one(&d, "route 1 has no 'action'");
+        one(&d, "invalid reason 'x y'");
+    }
+
+    #[test]
+    fn every_queue_reference_must_be_declared() {
+        let text = r#"entry = "main"
+[menus.main]
+prompt = "main-menu"
+[menus.main.options]
+0 = { queue = "agnets" }
+2 = { verify_voice = { phrase_text = "Say it.", on_accept = "main", on_reject = { queue = "fraud" }, on_not_enough = "hangup" } }
+[[routes]]
+when = "known"
+action = { fast_lane = "vip-desk" }
+[fraud]
+on_hit = { queue = "risk" }
+[queues.agents]
+"#;
+        let d = diags(text);
+        let e = one(&d, "unknown queue 'agnets'");
+        assert!(e.message.contains("did you mean 'agents'"), "{e}");
+        assert_eq!(at(e), (5, 15));
+        one(&d, "unknown queue 'fraud'; declare it as [queues.fraud]");
+        one(&d, "unknown queue 'vip-desk'");
+        one(&d, "unknown queue 'risk'");
+        let d = diags(&routed(
+            "[menus.x]\nprompt = \"p\"\noptions.1 = { queue = \"bad name\" }\n",
+        ));
+        one(&d, "invalid queue name 'bad name'");
+    }
+
+    #[test]
+    fn queue_fallbacks_parse_with_defaults() {
+        let (plan, _) = ok(&routed("").replace(
+            "[queues.risk]\n",
+            r#"[queues.risk]
+after_hours = { play = ["closed", "goodbye"], then = "main" }
+overflow = { callback = true }
+no_agents = { voicemail = true }
+[queues.desk]
+unavailable = { voicemail = true, max_seconds = 30, text = "Speak now." }
+overflow = { text = "Busy." }
+"#,
+        ));
+        let risk = plan.queue("risk").expect("risk");
+        assert_eq!(
+            risk.after_hours,
+            Fallback {
+                kind: FallbackKind::Message,
+                message: Spoken::Prompts(vec!["closed".into(), "goodbye".into()]),
+                then: Next::Menu("main".into())
+            }
+        );
+        assert_eq!(risk.overflow.kind, FallbackKind::Callback);
+        assert_eq!(
+            risk.overflow.message,
+            Spoken::Text(LocalText(BTreeMap::from([(
+                "en".to_string(),
+                DEFAULT_CALLBACK_TEXT.to_string()
+            )])))
+        );
+        assert_eq!(risk.overflow.then, Next::Hangup);
+        assert_eq!(
+            risk.no_agents.kind,
+            FallbackKind::Voicemail {
+                max: Duration::from_secs(DEFAULT_VOICEMAIL_SECONDS)
+            }
+        );
+        // `unavailable` stands in for every reason without its own fallback.
+        let desk = plan.queue("desk").expect("desk");
+        let speak = FallbackKind::Voicemail {
+            max: Duration::from_secs(30),
+        };
+        assert_eq!(desk.fallback(UnavailableReason::AfterHours).kind, speak);
+        assert_eq!(desk.fallback(UnavailableReason::NoAgents).kind, speak);
+        assert_eq!(desk.overflow.kind, FallbackKind::Message);
+        // No fallback at all: a built-in apology, then hang up.
+        let agents = plan.queue("agents").expect("agents");
+        assert_eq!(agents.after_hours.then, Next::Hangup);
+        assert!(plan
+            .fixed_texts("en")
+            .contains(&DEFAULT_UNAVAILABLE_TEXT.to_string()));
+        assert!(plan.fixed_texts("en").contains(&"Speak now.".to_string()));
+        assert!(plan.prompt_names().any(|p| p == "closed"));
+    }
+
+    #[test]
+    fn queue_fallback_mistakes_are_reported() {
+        let d = diags(&routed("").replace(
+            "[queues.risk]\n",
+            r#"[queues.risk]
+after_hours = { callback = true, voicemail = true }
+overflow = { text = "Busy.", max_seconds = 30 }
+no_agents = { then = "mian" }
+unavailable = { voicemail = true, max_seconds = 3600 }
+[queues.desk]
+closed = { text = "x" }
+overflow = "hangup"
+"#,
+        ));
+        one(&d, "has both 'callback' and 'voicemail'");
+        one(&d, "'max_seconds' only applies to voicemail");
+        one(&d, "'no_agents' of queue 'risk' says nothing");
+        one(&d, "unknown menu 'mian'");
+        one(&d, "'max_seconds' must be between 5 and 600");
+        one(&d, "unknown field 'closed' in queue 'desk'");
+        one(&d, "'overflow' of queue 'desk' must be a table");
+    }
+
+    #[test]
+    fn verify_voice_parses_its_branches() {
+        let (plan, warnings) = ok(&routed(
+            r#"[menus.credit]
+prompt = "credit-menu"
+[menus.credit.options]
+2 = { label = "limit", say = "limit increase", verify_voice = { phrase_prompt = "passphrase", on_accept = { play = "limit-increase" }, on_reject = { queue = "risk" }, on_not_enough = "main", reuse_speech = false } }
+3 = { verify_voice = { phrase_text = "Say: my voice is my password.", on_accept = "credit", on_reject = "hangup", on_not_enough = { queue = "agents" }, on_not_enrolled = { goto = "main" } } }
+"#,
+        ));
+        assert!(
+            warnings.iter().all(|w| w.message.contains("unreachable")),
+            "{warnings:?}"
+        );
+        let Action::VerifyVoice(check) = option(&plan, "credit", "2").clone() else {
+            panic!("verify_voice")
+        };
+        assert_eq!(check.phrase, Spoken::Prompts(vec!["passphrase".into()]));
+        assert!(!check.reuse_speech);
+        // A branch's play continues in the option's menu, like the option's own play.
+        assert_eq!(
+            check.on_accept,
+            Action::Play {
+                prompts: vec!["limit-increase".into()],
+                then: Next::Menu("credit".into())
+            }
+        );
+        assert!(matches!(check.on_reject, Action::Queue { ref queue, .. } if queue == "risk"));
+        assert_eq!(
+            check.on_not_enough,
+            Action::Goto {
+                menu: "main".into()
+            }
+        );
+        assert_eq!(
+            check.on_not_enrolled, check.on_not_enough,
+            "defaults to on_not_enough"
+        );
+        let Action::VerifyVoice(check) = option(&plan, "credit", "3").clone() else {
+            panic!("verify_voice")
+        };
+        assert!(check.reuse_speech);
+        assert_eq!(check.on_reject, Action::Hangup { prompts: vec![] });
+        assert_eq!(
+            check.on_not_enrolled,
+            Action::Goto {
+                menu: "main".into()
+            }
+        );
+        assert!(plan
+            .fixed_texts("en")
+            .contains(&"Say: my voice is my password.".to_string()));
+    }
+
+    #[test]
+    fn verify_voice_mistakes_are_reported() {
+        let d = diags(&routed(
+            r#"[menus.m2]
+prompt = "p"
+[menus.m2.options]
+1 = { verify_voice = { on_accept = "m2" } }
+2 = { verify_voice = { phrase_text = "x", phrase_prompt = "y", on_accept = "m2", on_reject = "m2", on_not_enough = { verify_voice = { phrase_text = "again", on_accept = "m2", on_reject = "m2", on_not_enough = "m2" } } } }
+3 = { verify_voice = { phrase_text = "x", on_accept = { goto = "m2", say = "hi" }, on_reject = "m3", on_not_enough = "m2", on_rejected = "m2" } }
+4 = { verify_voice = "yes" }
+5 = { play = "p", priority = 3, whisper = "hi" }
+6 = { queue = "agents", priority = 1000 }
+"#,
+        ));
+        one(
+            &d,
+            "has neither 'phrase_prompt' (prompt name(s)) nor 'phrase_text'",
+        );
+        one(&d, "option '1' of menu 'm2' has no 'on_reject'");
+        one(&d, "option '1' of menu 'm2' has no 'on_not_enough'");
+        one(&d, "has both 'phrase_prompt' and 'phrase_text'");
+        one(&d, "is another 'verify_voice'");
+        one(&d, "'say' does not apply to 'on_accept'");
+        one(&d, "unknown menu 'm3'");
+        one(&d, "unknown field 'on_rejected'");
+        one(&d, "'verify_voice' must be a table");
+        one(&d, "'priority' does not apply to 'play'");
+        one(&d, "'whisper' does not apply to 'play'");
+        one(&d, "'priority' must be between -100 and 100");
+    }
+
+    #[test]
+    fn fast_lane_and_fraud_mistakes_are_reported() {
+        let d = diags(&routed(
+            r#"[[routes]]
+when = "known"
+action = { fast_lane = "agents", mode = "ofer", say = "?!", colour = "red" }
+[[routes]]
+when = "known"
+action = "agents"
+[fraud]
+on_hit = "block"
+"#,
+        ));
+        one(&d, "unknown fast lane mode 'ofer' (did you mean 'offer'?)");
+        one(&d, "phrase '?!' has no words");
+        one(&d, "unknown field 'colour' in the action of route 1");
+        one(&d, "'action' must be a table");
+        one(&d, "unknown 'on_hit' 'block'");
+        // Offer-only fields with mode = "transfer" are warnings.
+        let (_, warnings) = ok(&routed(
+            "[[routes]]\nwhen = \"known\"\naction = { fast_lane = \"agents\", mode = \"transfer\", say = \"agent\" }\n[fraud]\non_hit = \"flag\"\n",
+        ));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].message.contains("no effect with mode"));
+    }
+
+    #[test]
+    fn menus_reached_only_through_routing_are_reachable() {
+        let (plan, warnings) = ok(&routed(
+            r#"[menus.vip]
+prompt = "p"
+options.1 = { play = "q" }
+[menus.sorry]
+prompt = "p"
+options.1 = { play = "q" }
+[menus.secure]
+prompt = "p"
+options.1 = { play = "q" }
+[menus.main.options.2]
+verify_voice = { phrase_text = "x", on_accept = "secure", on_reject = "hangup", on_not_enough = "hangup" }
+[[routes]]
+when = "segment == 'vip'"
+action = { goto = "vip" }
+[queues.desk]
+overflow = { text = "Busy.", then = "sorry" }
+"#,
+        ));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let order = plan.menus_by_distance();
+        assert_eq!(order.first(), Some(&"main"));
+        assert_eq!(order.len(), 4);
+    }
+
+    #[test]
+    fn reference_routing_example_in_the_docs_is_valid() {
+        let doc = include_str!("../../docs/dialplan.md");
+        let marker = "```toml\n# routing example\n";
+        let start = doc.find(marker).expect("a routing example") + "```toml\n".len();
+        let len = doc[start..].find("```").expect("closing fence");
+        let (plan, warnings) = Dialplan::parse_str(
+            Path::new("dialplans/bank.toml"),
+            &doc[start..start + len],
+            &AnyPrompt,
+        )
+        .unwrap_or_else(|e| panic!("docs routing example: {e}"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(!plan.routes().is_empty());
+        assert!(plan.fraud().on_hit.is_some());
     }
 
     mod fuzz {
