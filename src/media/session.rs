@@ -16,7 +16,7 @@ use crate::media::dtmf::Rfc4733Detector;
 use crate::media::error::MediaError;
 use crate::media::jitter::{JitterBuffer, JitterConfig, JitterOutput};
 use crate::media::rtcp::{self as rtcp_mod, NtpClock, ReceptionStats, RtcpItem, SenderInfo};
-use crate::media::rtp::{self as rtp_mod, RtpSender};
+use crate::media::rtp::{self as rtp_mod, RtpHeader, RtpSender};
 
 /// A learned source that has been silent this long may be replaced by a new one
 /// (NAT rebinding, media re-anchored by a proxy).
@@ -164,6 +164,8 @@ pub struct MediaSession {
     /// Late/duplicate counts of jitter buffers that were replaced.
     retired_late: u64,
     retired_duplicates: u64,
+    /// RTP timestamp of the telephone event being sent (RFC 4733: constant for the event).
+    event_timestamp: Option<u32>,
 }
 
 fn jitter_config(cfg: &MediaConfig) -> JitterConfig {
@@ -215,6 +217,7 @@ impl MediaSession {
             retired_lost: 0,
             retired_late: 0,
             retired_duplicates: 0,
+            event_timestamp: None,
         })
     }
 
@@ -487,6 +490,52 @@ impl MediaSession {
         let ts = self.sender.next_timestamp();
         self.sender.packet(&self.payload_buf, &mut self.packet_buf);
         self.last_sent = Some((now, ts));
+        self.sent_since_report = true;
+        self.stats.packets_sent = self.stats.packets_sent.saturating_add(1);
+        Some((self.packet_buf.as_slice(), dest))
+    }
+
+    /// Sends this tick's 20 ms as an RFC 4733 telephone-event packet instead of audio. The
+    /// packet shares the audio stream's SSRC and sequence numbers, and the audio clock advances
+    /// one frame as if audio had been sent. Its RTP timestamp is the event's start: the packet
+    /// with `first` set (which also carries the marker bit) fixes it, the event's later packets
+    /// repeat it. `None` (the clock still advances) without a negotiated telephone-event payload
+    /// type, while on hold, or for a follow-up packet of an event that never started.
+    pub fn send_event(
+        &mut self,
+        payload: &[u8; 4],
+        first: bool,
+        now: Instant,
+    ) -> Option<(&[u8], SocketAddr)> {
+        let dest = self.remote_rtp();
+        let clock = self.sender.next_timestamp();
+        if first {
+            self.event_timestamp = Some(clock);
+        }
+        let (Some(pt), Some(event_ts)) = (self.cfg.telephone_event_pt, self.event_timestamp) else {
+            self.sender.skip();
+            return None;
+        };
+        if !self.sending || dest.ip().is_unspecified() || dest.port() == 0 {
+            self.sender.skip();
+            return None;
+        }
+        let sequence = self.sender.next_sequence();
+        // The sender numbers the packet and counts it; the header is the event's own.
+        self.sender.packet(payload, &mut self.packet_buf);
+        self.packet_buf.clear();
+        rtp_mod::write_header(
+            &RtpHeader {
+                marker: first,
+                payload_type: pt,
+                sequence,
+                timestamp: event_ts,
+                ssrc: self.ssrc,
+            },
+            &mut self.packet_buf,
+        );
+        self.packet_buf.extend_from_slice(payload);
+        self.last_sent = Some((now, clock));
         self.sent_since_report = true;
         self.stats.packets_sent = self.stats.packets_sent.saturating_add(1);
         Some((self.packet_buf.as_slice(), dest))
@@ -1010,6 +1059,59 @@ mod tests {
             ..config(CodecKind::Opus, new_remote)
         };
         assert!(matches!(a.update(bad), Err(MediaError::Config(_))));
+    }
+
+    #[test]
+    fn send_event_shares_the_audio_stream_and_is_detected() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(CodecKind::Pcmu, t0);
+        let audio = rtp_mod::parse(a.send_frame(None, t0).expect("audio").0)
+            .expect("rtp")
+            .header;
+        let mut headers = Vec::new();
+        for (k, (end, dur)) in [(false, 160u16), (false, 320), (true, 320), (true, 320)]
+            .into_iter()
+            .enumerate()
+        {
+            let now = t0 + MS20 * (k as u32 + 1);
+            let (pkt, _) = a
+                .send_event(&encode_event(7, end, 10, dur), k == 0, now)
+                .expect("event");
+            let pkt = pkt.to_vec();
+            headers.push(rtp_mod::parse(&pkt).expect("rtp").header);
+            b.handle_rtp(&pkt, a_addr(), now);
+        }
+        let after = rtp_mod::parse(a.send_frame(None, t0 + MS20 * 5).expect("audio").0)
+            .expect("rtp")
+            .header;
+        for (k, h) in headers.iter().enumerate() {
+            assert_eq!(
+                (h.ssrc, h.payload_type, h.marker),
+                (audio.ssrc, 101, k == 0)
+            );
+            assert_eq!(h.sequence, audio.sequence.wrapping_add(k as u16 + 1));
+            assert_eq!(
+                h.timestamp,
+                audio.timestamp.wrapping_add(160),
+                "event start"
+            );
+        }
+        assert_eq!(after.sequence, audio.sequence.wrapping_add(5));
+        assert_eq!(after.timestamp, audio.timestamp.wrapping_add(5 * 160));
+        assert_eq!(b.poll_event(), Some(MediaEvent::Dtmf { digit: '7' }));
+        assert_eq!(b.poll_event(), None);
+        // Without a negotiated telephone-event nothing goes out, but the clock runs on.
+        let mut cfg = config(CodecKind::Pcmu, b_addr());
+        cfg.telephone_event_pt = None;
+        a.update(cfg).expect("update");
+        assert!(a
+            .send_event(&encode_event(1, false, 10, 0), true, t0 + MS20 * 6)
+            .is_none());
+        let resumed = rtp_mod::parse(a.send_frame(None, t0 + MS20 * 7).expect("audio").0)
+            .expect("rtp")
+            .header;
+        assert_eq!(resumed.sequence, audio.sequence.wrapping_add(6));
+        assert_eq!(resumed.timestamp, audio.timestamp.wrapping_add(7 * 160));
     }
 
     proptest::proptest! {
