@@ -34,6 +34,16 @@ pub struct Config {
     /// SIP trunks campaigns dial out through, by name (`[trunks.main]`).
     pub trunks: std::collections::BTreeMap<String, TrunkConfig>,
     pub speech: SpeechConfig,
+    /// Caller voiceprints (`[voiceprint]`).
+    pub voiceprint: crate::ops::voiceprint::VoiceprintConfig,
+    /// Recordings of calls bridged to agents, and voicemail (`[recording]`).
+    pub recording: crate::media::recorder::RecordingConfig,
+    /// Where callers are looked up (`[customers]`).
+    pub customers: crate::routing::CustomersConfig,
+    /// Agents' phones by name (`[agents.alice]`).
+    pub agents: std::collections::BTreeMap<String, crate::routing::AgentConfig>,
+    /// Agent queues by name (`[queues.agents]`); the dialplan declares what callers hear.
+    pub queues: std::collections::BTreeMap<String, crate::routing::QueueConfig>,
 }
 
 /// Offline speech: Vosk models for recognition and Piper voices for prompts rendered from
@@ -299,11 +309,14 @@ impl Config {
         .chain(speech.cache_dir.as_mut())
         .chain(speech.models.values_mut())
         .chain(speech.voices.values_mut())
+        .chain(cfg.customers.csv.as_mut())
+        .chain(std::iter::once(&mut cfg.recording.dir))
         {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
+        cfg.voiceprint.resolve(base);
         Ok(cfg)
     }
 
@@ -386,6 +399,23 @@ impl Config {
                     self.dialer.poll_interval_ms
                 ),
             );
+        }
+        let routing_fail = |e: crate::routing::RoutingConfigError| {
+            let (line, column) = crate::routing::locate(text, &e.key).unwrap_or((1, 1));
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: format!("{}: {}", e.key, e.message),
+            })
+        };
+        if let Err(e) = self.customers.lookup() {
+            return routing_fail(e);
+        }
+        if let Err(e) =
+            crate::routing::acd_specs(&self.agents, &self.queues, &self.customers.timezone)
+        {
+            return routing_fail(e);
         }
         for name in self.trunks.keys() {
             if let Err((key, message)) = self.trunk(name) {

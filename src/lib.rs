@@ -7,6 +7,7 @@ pub mod dialer;
 pub mod ivr;
 pub mod media;
 pub mod ops;
+pub mod routing;
 pub mod sip;
 pub mod speech;
 pub mod store;

@@ -17,11 +17,18 @@ use crate::speech::asr::{AsrError, AsrStream, Transcript};
 use crate::speech::vad::{Vad, VadConfig, VadEvent};
 use crate::store::{CdrEnd, CdrStart, Store};
 
+use super::acd::{AcdHandle, QueueEvent};
 use super::ports::{self, MediaSocket, PortAllocator};
 use super::transport::{CallEvent, SipCommand};
 
+mod queue;
+mod voice;
+
 /// Stands for "no deadline" on a timer.
 const FAR_AWAY: Duration = Duration::from_secs(3600);
+
+/// Calls whose caller matched a fraud-watchlist voiceprint.
+pub static WATCHLIST_HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What every call shares.
 pub struct CallContext {
@@ -41,6 +48,15 @@ pub struct CallContext {
     pub media_clock: MediaClock,
     /// Recognisers and voices for speech menus.
     pub speech: Arc<super::speech::Speech>,
+    /// Agent queues; `None` when no agents are configured (queue actions take the dialplan's
+    /// no-agents fallback).
+    pub acd: Option<AcdHandle>,
+    /// Call recordings and voicemail.
+    pub recording: crate::media::recorder::RecordingConfig,
+    /// Who is calling (customer source); `None` when none is configured.
+    pub customers: Option<Arc<super::customers::Customers>>,
+    /// Voiceprint checks; `None` when `[voiceprint] enabled = false`.
+    pub voiceprints: Option<Arc<super::voiceprint::VoiceprintService>>,
 }
 
 /// The length of one media frame: the RTP clock of every call.
@@ -113,6 +129,29 @@ pub(super) struct MediaState {
     pub(super) finished: Vec<u64>,
     /// Where the far end's decoded audio goes (answering-machine detection); dropped when `None`.
     pub(super) audio: Option<mpsc::UnboundedSender<[i16; crate::media::codec::FRAME_SAMPLES]>>,
+    /// A caller waiting for or talking to an agent: the bridge sends this call's frames (and
+    /// the agent's) instead of the player.
+    pub(super) bridge: Option<BridgeMedia>,
+    /// An agent leg whose frames the caller's bridge sends: its own entry only keeps RTCP.
+    pub(super) bridged: bool,
+}
+
+/// The bridge of a caller's call, ticked on the caller's shard.
+pub(super) struct BridgeMedia {
+    pub(super) engine: crate::media::bridge::Bridge,
+    pub(super) agent: Option<BridgedAgent>,
+    /// Both directions of each tick, to the recording thread.
+    pub(super) record: Option<std::sync::mpsc::SyncSender<RecordTick>>,
+}
+
+pub(super) type RecordTick = (
+    Option<[i16; crate::media::codec::FRAME_SAMPLES]>,
+    Option<[i16; crate::media::codec::FRAME_SAMPLES]>,
+);
+
+pub(super) struct BridgedAgent {
+    pub(super) media: Arc<CallMedia>,
+    pub(super) rtp: Arc<MediaSocket>,
 }
 
 impl CallMedia {
@@ -209,6 +248,11 @@ impl ClockEntry {
         let mut guard = self.media.lock();
         let st = &mut *guard;
         let now = Instant::now();
+        if st.bridged || st.bridge.is_some() {
+            self.tick_bridged(st, now);
+            stats.record(now.saturating_duration_since(slot));
+            return;
+        }
         let mut finished = None;
         let frame = match st.player.as_mut() {
             Some((id, p)) => match p.next_frame() {
@@ -243,6 +287,40 @@ impl ClockEntry {
             st.finished.push(id);
             drop(guard);
             self.media.finished.notify_one();
+        }
+    }
+}
+
+impl ClockEntry {
+    /// A slot of a bridged call: the caller's entry sends both legs' frames (one tick for
+    /// both, so they never drift apart); the agent's own entry only keeps its RTCP going.
+    fn tick_bridged(&self, st: &mut MediaState, now: Instant) {
+        let MediaState { media, bridge, .. } = st;
+        let Some(m) = media.as_mut() else { return };
+        if let Some(b) = bridge.as_mut() {
+            let BridgeMedia {
+                engine,
+                agent,
+                record,
+            } = b;
+            let mut agent_state = agent.as_ref().map(|a| a.media.lock());
+            let agent_session = agent_state.as_deref_mut().and_then(|a| a.media.as_mut());
+            let t = engine.tick(m, agent_session, now);
+            if let Some((pkt, dest)) = t.to_caller {
+                let _ = self.rtp.get_ref().send_to(pkt, dest);
+            }
+            if let (Some((pkt, dest)), Some(a)) = (t.to_agent, agent.as_ref()) {
+                let _ = a.rtp.get_ref().send_to(pkt, dest);
+            }
+            if t.phase == crate::media::bridge::Phase::Connected || t.connected {
+                if let Some(tx) = record.as_ref() {
+                    // A recorder that falls 10 s behind loses frames, never the call's audio.
+                    let _ = tx.try_send((t.caller_said, t.agent_said));
+                }
+            }
+        }
+        if let Some((pkt, dest)) = m.poll_rtcp(now) {
+            let _ = self.rtcp.get_ref().send_to(&pkt, dest);
         }
     }
 }
@@ -292,6 +370,8 @@ pub async fn run_call(
 
     let (audio_tx, mut audio_rx) = mpsc::unbounded_channel();
     let (transcript_tx, mut transcript_rx) = mpsc::unbounded_channel();
+    let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
+    let (flow_tx, mut flow_rx) = mpsc::unbounded_channel();
     let mut c = Call {
         ctx: ctx.clone(),
         call,
@@ -311,10 +391,33 @@ pub async fn run_call(
         turn: 0,
         audio_tx,
         transcript_tx,
+        queue_tx,
+        queued: None,
+        waited: None,
+        recording: None,
+        voicemail: None,
+        voicemail_failed: false,
+        flow_tx,
+        speech_pcm: Vec::new(),
+        pending_check: None,
+        watchlist_checked: false,
     };
+    c.look_up_caller().await;
     let ending = c
-        .run(inc, &mut events, &mut audio_rx, &mut transcript_rx)
+        .run(
+            inc,
+            &mut events,
+            &mut audio_rx,
+            &mut transcript_rx,
+            &mut queue_rx,
+            &mut flow_rx,
+        )
         .await;
+    c.end_bridge();
+    if c.voicemail.is_some() {
+        // The caller hung up while recording: the message is kept.
+        let _ = c.finish_voicemail().await;
+    }
     c.media.ended.store(true, Ordering::Release);
     let rec = c.flow.record();
     let outcome = match (&rec.outcome, c.answered_at) {
@@ -353,9 +456,9 @@ pub async fn run_call(
             )
             .to_string()
         }),
-        customer_id: None,
-        routing: None,
-        recording: None,
+        customer_id: rec.caller.customer_id.clone(),
+        routing: c.routing_json(),
+        recording: c.recording.as_ref().map(|p| p.display().to_string()),
     };
     if let Err(e) = ctx.store.cdr_end(cdr_id, &end).await {
         tracing::error!(call_id = %c.call_id, error = %e, "cannot finish CDR");
@@ -366,11 +469,9 @@ pub async fn run_call(
 
 fn outcome_name(o: &Outcome) -> String {
     match o {
-        Outcome::InProgress | Outcome::Abandoned => "abandoned".into(),
-        Outcome::Completed => "completed".into(),
-        Outcome::Transferred(_) => "transfer".into(),
-        Outcome::OptedOut => "opted-out".into(),
-        Outcome::AttemptsExhausted => "attempts-exhausted".into(),
+        // A call torn down mid-flow was abandoned by whoever hung up.
+        Outcome::InProgress => "abandoned".into(),
+        o => o.name().into(),
     }
 }
 
@@ -395,6 +496,22 @@ struct Call {
     turn: u64,
     audio_tx: mpsc::UnboundedSender<[i16; crate::media::codec::FRAME_SAMPLES]>,
     transcript_tx: mpsc::UnboundedSender<(u64, Result<Transcript, AsrError>)>,
+    /// What the ACD (and the connected agent leg's watcher) tell this call.
+    queue_tx: mpsc::UnboundedSender<QueueEvent>,
+    /// In the ACD: waiting, or talking to an agent.
+    queued: Option<queue::Queued>,
+    /// How long the caller waited for the agent who took the call.
+    waited: Option<Duration>,
+    /// The call's recording (bridged call or voicemail), for the CDR.
+    recording: Option<std::path::PathBuf>,
+    voicemail: Option<queue::Voicemail>,
+    voicemail_failed: bool,
+    /// Flow events computed off the call task (voiceprint decisions, watchlist hits).
+    flow_tx: mpsc::UnboundedSender<FlowEvent>,
+    /// The caller's net speech (8 kHz), for voiceprints.
+    speech_pcm: Vec<i16>,
+    pending_check: Option<voice::PendingCheck>,
+    watchlist_checked: bool,
 }
 
 /// Caller audio before the voice activity detector declared speech: fed to the recogniser at
@@ -409,6 +526,8 @@ struct Listening {
     preroll: std::collections::VecDeque<[i16; crate::media::codec::FRAME_SAMPLES]>,
     speaking: bool,
     language: String,
+    /// Only collect the caller's speech (voiceprints); nothing goes to the menu.
+    capture_only: bool,
 }
 
 impl Call {
@@ -418,6 +537,8 @@ impl Call {
         events: &mut mpsc::UnboundedReceiver<CallEvent>,
         audio: &mut mpsc::UnboundedReceiver<[i16; crate::media::codec::FRAME_SAMPLES]>,
         transcripts: &mut mpsc::UnboundedReceiver<(u64, Result<Transcript, AsrError>)>,
+        queue_events: &mut mpsc::UnboundedReceiver<QueueEvent>,
+        flow_events: &mut mpsc::UnboundedReceiver<FlowEvent>,
     ) -> Ending {
         let (rtp, rtcp) = match self.ctx.ports.bind_pair() {
             Ok(p) => p,
@@ -562,6 +683,7 @@ impl Call {
                         CallEvent::ReInvite { remote_sdp } => self.reinvite(remote_sdp),
                         CallEvent::Dtmf { digit } => {
                             tracing::info!(call_id = %self.call_id, digit = %digit, via = "info", "call: dtmf");
+                            if self.bridge_dtmf(digit) { continue; }
                             let actions = self.flow.handle(FlowEvent::Digit(digit), Instant::now());
                             if let Some(e) = self.apply(actions).await { return e; }
                         }
@@ -579,12 +701,32 @@ impl Call {
                             self.hangup();
                             return Ending { cause: "shutdown".into(), side: "warmline" };
                         }
+                        CallEvent::TransferEnded { ok, status, reason } => {
+                            if ok {
+                                tracing::info!(call_id = %self.call_id, "call: transfer accepted; leaving the call");
+                                self.hangup();
+                                return Ending { cause: "transferred".into(), side: "warmline" };
+                            }
+                            tracing::warn!(call_id = %self.call_id, status, reason = %reason, "call: transfer failed; ending the call");
+                            self.hangup();
+                            return Ending { cause: format!("transfer-failed:{status}"), side: "warmline" };
+                        }
                         // Only outbound calls get these.
                         CallEvent::Progress { .. } | CallEvent::Answered { .. } | CallEvent::Failed { .. } => {}
                     }
                 }
                 Some(frame) = audio.recv() => {
+                    if self.voicemail.is_some() {
+                        if let Some(e) = self.voicemail_frame(&frame).await { return e; }
+                    }
                     if let Some(e) = self.on_caller_audio(&frame).await { return e; }
+                }
+                Some(ev) = queue_events.recv() => {
+                    if let Some(e) = self.on_queue_event(ev).await { return e; }
+                }
+                Some(ev) = flow_events.recv() => {
+                    let actions = self.flow.handle(ev, Instant::now());
+                    if let Some(e) = self.apply(actions).await { return e; }
                 }
                 Some((turn, result)) = transcripts.recv() => {
                     if let Some(e) = self.on_transcript(turn, result).await { return e; }
@@ -724,6 +866,16 @@ impl Call {
         }
         for digit in digits {
             tracing::info!(call_id = %self.call_id, digit = %digit, via = "rfc4733", "call: dtmf");
+            if self.bridge_dtmf(digit) {
+                continue;
+            }
+            if self.voicemail.is_some() && digit == '#' {
+                // '#' ends a voicemail, as on every voicemail system.
+                if let Some(e) = self.finish_voicemail().await {
+                    return Some(e);
+                }
+                continue;
+            }
             let actions = self.flow.handle(FlowEvent::Digit(digit), now);
             if let Some(e) = self.apply(actions).await {
                 return Some(e);
@@ -777,14 +929,26 @@ impl Call {
                     }
                 }
                 FlowAction::Transfer { target } => {
-                    // Agent routing arrives with the routing issue; until then a transfer ends the
-                    // call with outcome "transfer" so the CDR shows where the caller wanted to go.
-                    tracing::warn!(call_id = %self.call_id, target = %target, "call: transfer target has no route yet; hanging up");
-                    self.hangup();
-                    return Some(Ending {
-                        cause: format!("transfer:{target}"),
-                        side: "warmline",
-                    });
+                    if target.starts_with("sip:") || target.starts_with("sips:") {
+                        // Blind transfer: the caller's side (the trunk or phone) calls the
+                        // target itself; we leave once it reports success.
+                        tracing::info!(call_id = %self.call_id, target = %target, "call: blind transfer (REFER)");
+                        let _ = self.sip.send(SipCommand::Refer(self.call, target));
+                    } else if self.ctx.acd.as_ref().is_some_and(|a| a.has_queue(&target)) {
+                        // A plain name is an agent queue (dialplans written before queues).
+                        if let Some(e) =
+                            self.enter_queue(target, 0, Vec::new(), String::new()).await
+                        {
+                            return Some(e);
+                        }
+                    } else {
+                        tracing::warn!(call_id = %self.call_id, target = %target, "call: transfer target is neither a SIP URI nor a queue; hanging up");
+                        self.hangup();
+                        return Some(Ending {
+                            cause: format!("transfer:{target}"),
+                            side: "warmline",
+                        });
+                    }
                 }
                 FlowAction::Hangup { .. } => {
                     self.hangup();
@@ -792,6 +956,42 @@ impl Call {
                         cause: "dialplan-hangup".into(),
                         side: "warmline",
                     });
+                }
+                FlowAction::Queue {
+                    queue,
+                    priority,
+                    reasons,
+                    whisper,
+                } => {
+                    if let Some(e) = self.enter_queue(queue, priority, reasons, whisper).await {
+                        return Some(e);
+                    }
+                }
+                FlowAction::RecordVoicemail { queue, max } => {
+                    if let Some(e) = self.start_voicemail(&queue, max) {
+                        return Some(e);
+                    }
+                    if self.voicemail_failed {
+                        self.voicemail_failed = false;
+                        let actions = self.flow.handle(FlowEvent::VoicemailDone, Instant::now());
+                        if let Some(e) = Box::pin(self.apply(actions)).await {
+                            return Some(e);
+                        }
+                    }
+                }
+                FlowAction::RequestCallback { queue } => {
+                    // The CDR's outcome (callback-requested) with the caller's number is the
+                    // callback list; it is written when the call ends.
+                    tracing::info!(call_id = %self.call_id, queue = %queue,
+                        number = %self.caller.clone().unwrap_or_default(), "call: callback requested");
+                }
+                FlowAction::VerifyVoice {
+                    customer_id,
+                    ask_phrase,
+                } => {
+                    if let Some(e) = self.verify_voice(customer_id, ask_phrase).await {
+                        return Some(e);
+                    }
                 }
             }
         }
@@ -836,6 +1036,27 @@ impl Call {
         self.stop_listening();
         if !self.ctx.speech.recognises(&language) {
             tracing::debug!(call_id = %self.call_id, language = %language, "no recogniser for this language; keys only");
+            if self.voiceprints_on() {
+                // No menu by voice, but what the caller says still counts for voiceprints.
+                self.turn += 1;
+                self.listening = Some(Listening {
+                    turn: self.turn,
+                    vad: Vad::new(
+                        VadConfig {
+                            end_silence,
+                            no_input: Duration::from_secs(3600),
+                            ..VadConfig::default()
+                        },
+                        Instant::now(),
+                    ),
+                    asr: None,
+                    preroll: std::collections::VecDeque::with_capacity(PREROLL_FRAMES),
+                    speaking: false,
+                    language,
+                    capture_only: true,
+                });
+                self.media.lock().audio = Some(self.audio_tx.clone());
+            }
             return;
         }
         self.turn += 1;
@@ -860,6 +1081,7 @@ impl Call {
             preroll: std::collections::VecDeque::with_capacity(PREROLL_FRAMES),
             speaking: false,
             language,
+            capture_only: false,
         });
         self.media.lock().audio = Some(self.audio_tx.clone());
     }
@@ -875,9 +1097,11 @@ impl Call {
         frame: &[i16; crate::media::codec::FRAME_SAMPLES],
     ) -> Option<Ending> {
         let now = Instant::now();
+        self.check_passphrase_deadline();
         let l = self.listening.as_mut()?;
         let event = l.vad.push(frame, now);
-        if l.speaking {
+        let (speaking, capture_only) = (l.speaking, l.capture_only);
+        if speaking {
             if let Some(asr) = &l.asr {
                 asr.push(frame);
             }
@@ -887,25 +1111,48 @@ impl Call {
             }
             l.preroll.push_back(*frame);
         }
+        if speaking {
+            self.keep_speech(frame);
+        }
         match event {
             Some(VadEvent::SpeechStart { .. }) => {
+                let l = self.listening.as_mut()?;
                 l.speaking = true;
+                let preroll: Vec<_> = l.preroll.drain(..).collect();
                 if let Some(asr) = &l.asr {
-                    for f in l.preroll.drain(..) {
-                        asr.push(&f);
+                    for f in &preroll {
+                        asr.push(f);
                     }
                 }
-                tracing::debug!(call_id = %self.call_id, language = %l.language, "speech: started");
+                for f in &preroll {
+                    self.keep_speech(f);
+                }
+                if capture_only {
+                    return None;
+                }
+                let language = self
+                    .listening
+                    .as_ref()
+                    .map(|l| l.language.clone())
+                    .unwrap_or_default();
+                tracing::debug!(call_id = %self.call_id, language = %language, "speech: started");
                 let actions = self.flow.handle(FlowEvent::SpeechStarted, now);
                 self.apply(actions).await
             }
             Some(VadEvent::SpeechEnd { .. }) | Some(VadEvent::MaxUtterance) => {
+                let l = self.listening.as_mut()?;
+                l.speaking = false;
                 let turn = l.turn;
                 if let Some(asr) = l.asr.take() {
                     let tx = self.transcript_tx.clone();
                     tokio::spawn(async move {
                         let _ = tx.send((turn, asr.result().await));
                     });
+                }
+                if capture_only {
+                    self.capture_ended();
+                } else {
+                    self.maybe_check_watchlist();
                 }
                 None
             }
@@ -939,6 +1186,66 @@ impl Call {
         };
         let actions = self.flow.handle(event, now);
         self.apply(actions).await
+    }
+
+    /// Looks the caller up before the call is answered, so the routes run on the greeting.
+    async fn look_up_caller(&mut self) {
+        let Some(customers) = self.ctx.customers.clone() else {
+            let _ = self.flow.handle(
+                FlowEvent::CallerKnown {
+                    profile: Default::default(),
+                    status: crate::ivr::caller::LookupStatus::Disabled,
+                },
+                Instant::now(),
+            );
+            return;
+        };
+        let number = self.caller.clone().unwrap_or_default();
+        let t0 = Instant::now();
+        let (profile, status) = customers.lookup(&number).await;
+        tracing::info!(call_id = %self.call_id, number = %number, status = ?status,
+            customer = ?profile.customer_id, age = ?profile.age, segment = ?profile.segment,
+            took_ms = t0.elapsed().as_millis() as u64, "call: caller lookup");
+        if let Some(lang) = profile
+            .language
+            .as_deref()
+            .filter(|l| crate::ivr::dialplan::LANGUAGES.contains(l))
+        {
+            if self.ctx.speech.speaks(lang) || lang == self.flow.language() {
+                self.flow.set_language(lang);
+            }
+        }
+        // Before `Answered`: the flow returns no actions for it.
+        let _ = self
+            .flow
+            .handle(FlowEvent::CallerKnown { profile, status }, Instant::now());
+    }
+
+    /// Lookup, voiceprint, queue and agent facts for the CDR.
+    fn routing_json(&self) -> Option<String> {
+        let rec = self.flow.record();
+        if rec.lookup.is_none() && rec.queued.is_empty() && rec.voice.is_none() {
+            return None;
+        }
+        let agent = match &rec.outcome {
+            Outcome::Connected { agent, .. } => Some(agent.clone()),
+            _ => None,
+        };
+        Some(
+            serde_json::json!({
+                "lookup": rec.lookup,
+                "caller": rec.caller,
+                "routes": rec.routes,
+                "reasons": rec.reasons,
+                "voice": rec.voice.map(|v| serde_json::json!({"decision": v.decision, "score": v.score})),
+                "watchlist": rec.watchlist.iter().map(|w| serde_json::json!({"entry": w.entry, "score": w.score})).collect::<Vec<_>>(),
+                "queues": rec.queued,
+                "agent": agent,
+                "wait_ms": self.waited.map(|w| w.as_millis() as u64),
+                "callback_requested": rec.callback_requested,
+            })
+            .to_string(),
+        )
     }
 
     fn hangup(&mut self) {

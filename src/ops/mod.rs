@@ -1,7 +1,10 @@
 //! The tokio shell: sockets, timers, per-call tasks and the database around the sans-IO cores.
+pub mod acd;
+pub mod agent_leg;
 pub mod call;
 pub mod campaign;
 pub mod check;
+pub mod customers;
 pub mod dialer;
 pub mod metrics;
 pub mod outbound;
@@ -10,6 +13,7 @@ pub mod server;
 pub mod simulate;
 pub mod speech;
 pub mod transport;
+pub mod voiceprint;
 
 use crate::media::codec::CodecKind;
 

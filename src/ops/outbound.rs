@@ -161,6 +161,7 @@ impl OutboundCallTask {
             .sip
             .send(SipCommand::Invite {
                 call: Box::new(invite),
+                headers: Vec::new(),
                 events: events_tx,
                 reply: reply_tx,
             })
@@ -305,6 +306,8 @@ impl OutboundCallTask {
                 attempt.handle(OutboundEvent::RemoteHangup, now)
             }
             CallEvent::Shutdown => attempt.handle(OutboundEvent::Shutdown, now),
+            // Reminder calls never transfer.
+            CallEvent::TransferEnded { .. } => Vec::new(),
             CallEvent::Confirmed { .. } | CallEvent::ReInvite { .. } => {
                 if let (CallEvent::ReInvite { .. }, Some(h)) = (&ev, self.handle) {
                     // Hold/resume from the far end is not worth renegotiating in a reminder

@@ -29,6 +29,10 @@ pub enum ServeError {
     Dialplan(#[from] DialplanError),
     #[error("speech services failed to start: {0}")]
     Speech(String),
+    #[error("routing: {0}")]
+    Routing(String),
+    #[error("voiceprints: {0}")]
+    Voiceprint(String),
     #[error("cannot start the media clock threads: {0}")]
     MediaClock(std::io::Error),
     #[error("cannot listen for SIP on {addr} (UDP and TCP): {source}")]
@@ -63,6 +67,31 @@ impl CallSpawner for Spawner {
             ctx.active.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(tx)
+    }
+
+    fn agent_event(&self, event: super::transport::AgentEvent) {
+        use super::transport::AgentEvent;
+        let Some(acd) = &self.ctx.acd else { return };
+        let req = match event {
+            AgentEvent::Registered {
+                user,
+                contact,
+                source,
+                transport,
+            } => super::acd::AcdRequest::Registered {
+                username: user,
+                target: super::agent_leg::AgentTarget {
+                    // Call the phone at its Contact, sent where its REGISTER came from (NAT).
+                    request_uri: contact,
+                    destination: source,
+                    transport,
+                },
+            },
+            AgentEvent::Unregistered { user } => {
+                super::acd::AcdRequest::Unregistered { username: user }
+            }
+        };
+        acd.send(req);
     }
 }
 
@@ -118,7 +147,19 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         .iter()
         .filter_map(|c| super::codec_from_name(c))
         .collect();
+    let routing = load_routing(&cfg).await?;
+    let (acd, acd_task) = match routing.acd {
+        Some(acd) => {
+            let (h, t) = super::acd::channel(acd);
+            (Some(h), Some(t))
+        }
+        None => (None, None),
+    };
     let ctx = Arc::new(CallContext {
+        acd,
+        customers: routing.customers,
+        voiceprints: routing.voiceprints,
+        recording: cfg.recording.clone(),
         store: store.clone(),
         prompts,
         dialplan: std::sync::RwLock::new(dialplan),
@@ -159,6 +200,12 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             addr: cfg.sip.listen,
             source,
         })?;
+    if let Some(t) = acd_task {
+        t.start(ctx.clone(), server.commands());
+    }
+    if let Some(retention) = cfg.recording.retention() {
+        tokio::spawn(sweep_recordings(cfg.recording.dir.clone(), retention));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -201,6 +248,98 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     store.close().await;
     Ok(())
+}
+
+/// What routing callers to people needs at start: the customer source, the ACD, voiceprints.
+struct Routing {
+    customers: Option<Arc<super::customers::Customers>>,
+    acd: Option<crate::routing::acd::Acd>,
+    voiceprints: Option<Arc<super::voiceprint::VoiceprintService>>,
+}
+
+async fn load_routing(cfg: &Config) -> Result<Routing, ServeError> {
+    let routing_err = |e: crate::routing::RoutingConfigError| {
+        ServeError::Routing(format!("{}: {}", e.key, e.message))
+    };
+    let customers = if cfg.customers.enabled() {
+        let lookup = cfg.customers.lookup().map_err(routing_err)?;
+        let table = match &cfg.customers.csv {
+            Some(path) => {
+                let path = path.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    crate::routing::customers::CustomerTable::load(&path)
+                })
+                .await
+                .map_err(|e| ServeError::Routing(e.to_string()))?
+                .map_err(|e| ServeError::Routing(e.to_string()))?;
+                let (table, report) = loaded;
+                tracing::info!("{report}");
+                for m in report.messages() {
+                    tracing::warn!("{m}");
+                }
+                Some(table)
+            }
+            None => None,
+        };
+        Some(Arc::new(super::customers::Customers::new(lookup, table)))
+    } else {
+        None
+    };
+    let acd = if cfg.queues.is_empty() {
+        None
+    } else {
+        Some(
+            crate::routing::build_acd(
+                &cfg.agents,
+                &cfg.queues,
+                &cfg.customers.timezone,
+                std::time::Instant::now(),
+            )
+            .map_err(routing_err)?,
+        )
+    };
+    let voiceprints = if cfg.voiceprint.enabled {
+        let service = super::voiceprint::VoiceprintService::load(&cfg.voiceprint)
+            .await
+            .map_err(|e| ServeError::Voiceprint(e.to_string()))?;
+        tracing::info!(model = %service.model_version(), "voiceprints loaded");
+        Some(Arc::new(service))
+    } else {
+        None
+    };
+    Ok(Routing {
+        customers,
+        acd,
+        voiceprints,
+    })
+}
+
+/// Deletes recordings past their retention, once at start and then daily.
+async fn sweep_recordings(dir: PathBuf, retention: Duration) {
+    let mut daily = tokio::time::interval(Duration::from_secs(86_400));
+    loop {
+        daily.tick().await;
+        for d in [dir.clone(), dir.join("voicemail")] {
+            let report = tokio::task::spawn_blocking(move || {
+                crate::media::recorder::sweep(&d, std::time::SystemTime::now(), retention)
+            })
+            .await;
+            match report {
+                Ok(r) => {
+                    if !r.deleted.is_empty() {
+                        tracing::info!(
+                            deleted = r.deleted.len(),
+                            "recordings past retention deleted"
+                        );
+                    }
+                    for e in r.errors {
+                        tracing::warn!(error = %e, "recording sweep");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "recording sweep failed"),
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

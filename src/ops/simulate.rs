@@ -779,6 +779,57 @@ impl<'e> Simulator<'e> {
                         HangupCause::AttemptsExhausted => "hang up (attempts used up)",
                     });
                 }
+                // A simulated call has no agents, voiceprints or store: it shows what the
+                // live shell would be asked and answers the way an appliance without them does.
+                FlowAction::Queue {
+                    queue,
+                    priority,
+                    reasons,
+                    whisper,
+                } => {
+                    self.playing = None;
+                    self.log(format!(
+                        "queue {queue} (priority {priority}, reasons [{}], whisper {whisper:?}); no agents in a simulation",
+                        reasons.join(", ")
+                    ));
+                    let at = self.at(self.now);
+                    let next = self.flow.handle(
+                        FlowEvent::QueueUnavailable {
+                            reason: crate::ivr::dialplan::UnavailableReason::NoAgents,
+                        },
+                        at,
+                    );
+                    self.apply(next);
+                }
+                FlowAction::VerifyVoice {
+                    customer_id,
+                    ask_phrase,
+                } => {
+                    self.log(format!(
+                        "voiceprint check of {customer_id} (ask phrase: {ask_phrase}); not enrolled in a simulation"
+                    ));
+                    let at = self.at(self.now);
+                    let next = self.flow.handle(
+                        FlowEvent::VoiceVerified {
+                            decision: crate::ivr::caller::VoiceDecision::NotEnrolled,
+                            score: None,
+                        },
+                        at,
+                    );
+                    self.apply(next);
+                }
+                FlowAction::RequestCallback { queue } => {
+                    self.log(format!("callback requested for queue {queue}"))
+                }
+                FlowAction::RecordVoicemail { queue, max } => {
+                    self.log(format!(
+                        "voicemail for queue {queue} (up to {} s); nothing is recorded here",
+                        max.as_secs()
+                    ));
+                    let at = self.at(self.now);
+                    let next = self.flow.handle(FlowEvent::VoicemailDone, at);
+                    self.apply(next);
+                }
             }
         }
     }
@@ -903,14 +954,7 @@ fn shorten(text: &str) -> String {
 }
 
 fn outcome_name(o: &Outcome) -> String {
-    match o {
-        Outcome::InProgress => "in-progress".into(),
-        Outcome::Abandoned => "abandoned".into(),
-        Outcome::Completed => "completed".into(),
-        Outcome::Transferred(_) => "transfer".into(),
-        Outcome::OptedOut => "opted-out".into(),
-        Outcome::AttemptsExhausted => "attempts-exhausted".into(),
-    }
+    o.name().to_string()
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -27,11 +27,15 @@ pub enum SipCommand {
     /// Place an outbound call; its events go to `events`, the handle (or why not) to `reply`.
     Invite {
         call: Box<OutboundCall>,
+        /// Extra headers on the INVITE (e.g. the agent screen-pop `X-Warmline-*`).
+        headers: Vec<(String, String)>,
         events: mpsc::UnboundedSender<CallEvent>,
         reply: tokio::sync::oneshot::Sender<Result<CallHandle, String>>,
     },
     /// Give up on an unanswered outbound call (CANCEL).
     Cancel(CallHandle),
+    /// Blind transfer: REFER the far end of an answered call to this URI.
+    Refer(CallHandle, String),
     /// Register to a trunk and keep the registration fresh; `name` is for the logs.
     Register {
         name: String,
@@ -70,6 +74,27 @@ pub enum CallEvent {
     },
     /// The daemon is stopping: hang up.
     Shutdown,
+    /// How a REFER we sent ended: `ok` when the far end reported the transfer target
+    /// answered (NOTIFY 2xx).
+    TransferEnded {
+        ok: bool,
+        status: u16,
+        reason: String,
+    },
+}
+
+/// An agent's phone registered to us or went away (the registrar's events, for the ACD).
+#[derive(Debug, Clone)]
+pub enum AgentEvent {
+    Registered {
+        user: String,
+        contact: String,
+        source: SocketAddr,
+        transport: Transport,
+    },
+    Unregistered {
+        user: String,
+    },
 }
 
 /// Messages from TCP connection tasks to the SIP task.
@@ -87,6 +112,9 @@ pub trait CallSpawner: Send + Sync + 'static {
         call: crate::sip::endpoint::IncomingCall,
         commands: mpsc::UnboundedSender<SipCommand>,
     ) -> Result<mpsc::UnboundedSender<CallEvent>, u16>;
+
+    /// An agent's phone registered or went away; ignored by default.
+    fn agent_event(&self, _event: AgentEvent) {}
 }
 
 pub struct SipServer {
@@ -244,10 +272,15 @@ impl SipServer {
             SipCommand::RejectReinvite(c, status) => self.endpoint.reject_reinvite(c, status, now),
             SipCommand::Invite {
                 call,
+                headers,
                 events,
                 reply,
             } => {
-                match self.endpoint.invite(*call, now) {
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                match self.endpoint.invite_with_headers(*call, &headers, now) {
                     Ok((handle, _call_id)) => {
                         self.calls.insert(handle, events);
                         let _ = reply.send(Ok(handle));
@@ -259,6 +292,7 @@ impl SipServer {
                 Ok(())
             }
             SipCommand::Cancel(c) => self.endpoint.cancel(c, now),
+            SipCommand::Refer(c, target) => self.endpoint.refer(c, &target, now),
             SipCommand::Register { name, registration } => {
                 let reg = self.endpoint.register(registration, now);
                 tracing::info!(trunk = %name, "registering to the trunk");
@@ -372,6 +406,51 @@ impl SipServer {
                 }
                 return;
             }
+            Event::AgentRegistered {
+                user,
+                contact,
+                source,
+                transport,
+                expires,
+            } => {
+                tracing::info!(agent = %user, contact = %contact, source = %source, expires_s = expires.as_secs(), "agent registered");
+                self.spawner.agent_event(AgentEvent::Registered {
+                    user,
+                    contact,
+                    source,
+                    transport,
+                });
+                return;
+            }
+            Event::AgentUnregistered { user } => {
+                tracing::info!(agent = %user, "agent unregistered");
+                self.spawner.agent_event(AgentEvent::Unregistered { user });
+                return;
+            }
+            Event::TransferProgress { call, status } => {
+                tracing::debug!(?call, status, "transfer progress");
+                return;
+            }
+            Event::TransferDone { call } => (
+                call,
+                CallEvent::TransferEnded {
+                    ok: true,
+                    status: 200,
+                    reason: String::new(),
+                },
+            ),
+            Event::TransferFailed {
+                call,
+                status,
+                reason,
+            } => (
+                call,
+                CallEvent::TransferEnded {
+                    ok: false,
+                    status,
+                    reason,
+                },
+            ),
         };
         if let Some(tx) = self.calls.get(&call) {
             if tx.send(event).is_err() {

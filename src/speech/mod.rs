@@ -3,5 +3,7 @@
 pub mod asr;
 pub mod intent;
 pub mod normalize;
+pub mod speaker_eval;
 pub mod tts;
 pub mod vad;
+pub mod voiceprint;

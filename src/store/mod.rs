@@ -7,6 +7,7 @@
 
 pub mod ledger;
 mod number;
+pub mod voiceprints;
 mod writer;
 
 pub use number::normalise_number;
