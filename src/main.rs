@@ -64,6 +64,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Caller voiceprints: enrol, verify, delete, expire, the fraud watchlist, and the
+    /// error-rate evaluation on a folder of speakers.
+    Voiceprint {
+        #[command(subcommand)]
+        action: ops::voiceprint::VoiceprintCommand,
+    },
     /// Show the global do-not-call list (callers who pressed the opt-out key).
     OptOuts {
         /// Print a JSON array instead of a table.
@@ -162,6 +168,22 @@ fn main() -> ExitCode {
         }
         Command::Cdr { json, limit } => ops::check::print_cdrs(&cfg, json, limit),
         Command::OptOuts { json } => ops::check::print_opt_outs(&cfg, json),
+        Command::Voiceprint { action } => {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(ops::voiceprint::run(action, cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Campaign { action } => {
             use warmline::store::ledger::CampaignStatus;
             match action {

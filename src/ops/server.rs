@@ -29,6 +29,8 @@ pub enum ServeError {
     Dialplan(#[from] DialplanError),
     #[error("speech services failed to start: {0}")]
     Speech(String),
+    #[error("sip: {0}")]
+    Sip(String),
     #[error("routing: {0}")]
     Routing(String),
     #[error("voiceprints: {0}")]
@@ -188,8 +190,12 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     let mut ep_cfg = EndpointConfig::new(cfg.public_addr());
     ep_cfg.user_agent = cfg.sip.user_agent.clone();
+    let (guard, auth) = sip_security(&cfg)?;
+    ep_cfg.guard = guard;
+    ep_cfg.auth = auth;
+    ep_cfg.registrar = cfg.sip.registrar.clone();
     let limits = ep_cfg.limits;
-    let endpoint = Endpoint::new(ep_cfg);
+    let endpoint = Endpoint::try_new(ep_cfg).map_err(|e| ServeError::Sip(e.to_string()))?;
     let spawner = Arc::new(Spawner {
         ctx: ctx.clone(),
         max_calls: cfg.sip.max_calls,
@@ -248,6 +254,51 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     store.close().await;
     Ok(())
+}
+
+/// The guard and digest settings: `[sip.guard]` and `[sip.auth]` plus what other sections
+/// imply (each trunk's address is a trunk network; each agent with a username is a user).
+fn sip_security(
+    cfg: &Config,
+) -> Result<(crate::sip::guard::GuardConfig, crate::sip::auth::AuthConfig), ServeError> {
+    let mut guard = cfg.sip.guard.clone();
+    for name in cfg.trunks.keys() {
+        let trunk = cfg
+            .trunk(name)
+            .map_err(|(key, message)| ServeError::Sip(format!("trunks.{name}.{key}: {message}")))?;
+        if guard.trunks.iter().any(|t| t.name == *name) {
+            continue;
+        }
+        let ip = trunk.address.ip();
+        let cidr = format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 });
+        if let Ok(net) = cidr.parse() {
+            guard.trunks.push(crate::sip::guard::TrunkAcl {
+                name: name.clone(),
+                networks: vec![net],
+            });
+        }
+    }
+    let mut auth = cfg.sip.auth.clone();
+    for (name, agent) in &cfg.agents {
+        let Some(username) = &agent.username else {
+            continue;
+        };
+        let password = agent
+            .password(name)
+            .map_err(|e| ServeError::Routing(format!("{}: {}", e.key, e.message)))?;
+        if let Some(password) = password {
+            if !auth.users.iter().any(|u| u.username == *username) {
+                auth.users.push(crate::sip::auth::UserEntry {
+                    username: username.clone(),
+                    password: Some(password),
+                    ..Default::default()
+                });
+            }
+        } else if !auth.users.iter().any(|u| u.username == *username) {
+            tracing::warn!(agent = %name, "agent has a username but no password; it cannot register");
+        }
+    }
+    Ok((guard, auth))
 }
 
 /// What routing callers to people needs at start: the customer source, the ACD, voiceprints.
