@@ -1,13 +1,18 @@
-//! The SIP task: owns the UDP socket, the TCP connections and the sans-IO `Endpoint`, and hands
-//! each call's events to that call's task.
+//! The SIP task: owns the UDP socket, the TCP and TLS connections and the sans-IO `Endpoint`,
+//! and hands each call's events to that call's task.
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
 
 use crate::sip::endpoint::{
     CallHandle, EndCause, Endpoint, Event, Limits, OutboundCall, RegHandle, Registration, Transmit,
@@ -190,6 +195,11 @@ impl SipServer {
         let mut armed: Option<tokio::time::Instant> = None;
         let timer = tokio::time::sleep_until(far());
         tokio::pin!(timer);
+        // One `sip stats` line every 10 s while anything is going on: the soak test
+        // (scripts/soak.sh) reads it to spot transactions or dialogs that never go away.
+        let mut stats = tokio::time::interval(std::time::Duration::from_secs(10));
+        stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_stats = (0, 0, 0, 0);
         loop {
             let timeout = self
                 .endpoint
@@ -221,6 +231,25 @@ impl SipServer {
                     }
                 }
                 Some(msg) = self.tcp_rx.recv() => self.on_tcp(msg),
+                _ = stats.tick() => {
+                    let now = (
+                        self.endpoint.transaction_count(),
+                        self.endpoint.active_calls(),
+                        self.calls.len(),
+                        self.tcp_conns.len(),
+                    );
+                    if now != last_stats || now != (0, 0, 0, 0) {
+                        tracing::info!(
+                            transactions = now.0,
+                            dialogs = now.1,
+                            call_tasks = now.2,
+                            stream_connections = now.3,
+                            malformed_total = self.endpoint.malformed_messages(),
+                            "sip stats"
+                        );
+                    }
+                    last_stats = now;
+                }
                 Some(cmd) = self.cmd_rx.recv() => {
                     self.on_command(cmd);
                     while let Ok(cmd) = self.cmd_rx.try_recv() {
@@ -491,6 +520,183 @@ impl SipServer {
     }
 }
 
+/// SIP over TLS (RFC 3261 §26.2, port 5061): `[sip.tls]`. Off unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Where to accept TLS connections, e.g. `"0.0.0.0:5061"`. Unset: no TLS.
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key: Option<PathBuf>,
+    /// Longest a client may take to finish its TLS handshake, in seconds.
+    pub handshake_timeout_s: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            cert: None,
+            key: None,
+            handshake_timeout_s: 10,
+        }
+    }
+}
+
+/// Why SIP over TLS cannot start. Each names the `[sip.tls]` key or file to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("[sip.tls] listen is set but `{0}` (a PEM file path) is missing")]
+    MissingPath(&'static str),
+    #[error("[sip.tls] {key}: cannot read {path}: {source}")]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("[sip.tls] {key}: {path} is not usable PEM: {reason}")]
+    BadPem {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("[sip.tls] cert {cert} and key {key} do not form a usable server identity: {source}")]
+    Identity {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("cannot listen for SIP over TLS on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound TLS listener with its certificate, ready for [`SipServer::serve_tls`].
+pub struct TlsListener {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: std::time::Duration,
+}
+
+impl TlsListener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Reads the certificate chain and key named by `cfg` (paths relative to the working directory)
+/// and builds the server side of rustls (TLS 1.2 and 1.3, no client certificates).
+pub fn tls_acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+    let cert_path = cfg.cert.as_deref().ok_or(TlsError::MissingPath("cert"))?;
+    let key_path = cfg.key.as_deref().ok_or(TlsError::MissingPath("key"))?;
+    let certs = read_certs(cert_path)?;
+    let key = read_key(key_path)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|source| TlsError::Identity {
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+            source,
+        })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Loads the certificate and binds `[sip.tls] listen`; `None` when TLS is off.
+pub async fn bind_tls(cfg: &TlsConfig) -> Result<Option<TlsListener>, TlsError> {
+    let Some(addr) = cfg.listen else {
+        return Ok(None);
+    };
+    let acceptor = tls_acceptor(cfg)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| TlsError::Bind { addr, source })?;
+    Ok(Some(TlsListener {
+        listener,
+        acceptor,
+        handshake_timeout: std::time::Duration::from_secs(cfg.handshake_timeout_s.max(1)),
+    }))
+}
+
+fn read_pem_file(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        key,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_pem_file("cert", path)?;
+    let bad = |reason: String| TlsError::BadPem {
+        key: "cert",
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE block".into()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_pem_file("key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::BadPem {
+        key: "key",
+        path: path.to_path_buf(),
+        reason: format!("no private key found ({e})"),
+    })
+}
+
+impl SipServer {
+    /// Accepts SIP over TLS on `tls` next to UDP and TCP; call before [`SipServer::run`].
+    /// A TLS connection is one more stream connection to the endpoint: responses and in-dialog
+    /// requests for the peer go back over it.
+    pub fn serve_tls(&self, tls: TlsListener) {
+        tokio::spawn(tls_accept_loop(tls, self.tcp_tx.clone(), self.limits));
+    }
+}
+
+async fn tls_accept_loop(tls: TlsListener, tx: mpsc::Sender<TcpMsg>, limits: Limits) {
+    let TlsListener {
+        listener,
+        acceptor,
+        handshake_timeout,
+    } = tls;
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    // A client that connects and never finishes the handshake must not hold a task
+                    // and a socket for ever.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => connection(tls_stream, addr, tx, limits).await,
+                        Ok(Err(e)) => {
+                            tracing::info!(src = %addr, error = %e, "tls handshake failed")
+                        }
+                        Err(_) => tracing::info!(src = %addr, "tls handshake timed out"),
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tls accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<TcpMsg>, limits: Limits) {
     loop {
         match listener.accept().await {
@@ -519,16 +725,21 @@ async fn connect(addr: SocketAddr, tx: mpsc::Sender<TcpMsg>, limits: Limits) {
     }
 }
 
-/// One TCP connection: frames inbound messages by Content-Length, writes what the endpoint sends.
-async fn connection(stream: TcpStream, addr: SocketAddr, tx: mpsc::Sender<TcpMsg>, limits: Limits) {
-    let (mut rd, mut wr) = stream.into_split();
+/// One TCP or TLS connection: frames inbound messages by Content-Length, writes what the
+/// endpoint sends.
+async fn connection<S>(stream: S, addr: SocketAddr, tx: mpsc::Sender<TcpMsg>, limits: Limits)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
     if tx.send(TcpMsg::Opened(addr, out_tx)).await.is_err() {
         return;
     }
     let writer = tokio::spawn(async move {
         while let Some(data) = out_rx.recv().await {
-            if wr.write_all(&data).await.is_err() {
+            // TLS buffers records: flush so each message leaves now (a no-op for plain TCP).
+            if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
                 break;
             }
         }
@@ -560,4 +771,197 @@ async fn connection(stream: TcpStream, addr: SocketAddr, tx: mpsc::Sender<TcpMsg
     }
     writer.abort();
     let _ = tx.send(TcpMsg::Closed(addr)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::ServerName;
+
+    /// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files.
+    fn test_identity(dir: &Path) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap_or_else(|e| panic!("rcgen: {e}"));
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&c, cert.cert.pem()).unwrap_or_else(|e| panic!("write cert: {e}"));
+        std::fs::write(&k, cert.signing_key.serialize_pem())
+            .unwrap_or_else(|e| panic!("write key: {e}"));
+        (c, k, cert.cert.der().clone())
+    }
+
+    fn cfg(cert: Option<&Path>, key: Option<&Path>) -> TlsConfig {
+        TlsConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            cert: cert.map(Path::to_path_buf),
+            key: key.map(Path::to_path_buf),
+            ..TlsConfig::default()
+        }
+    }
+
+    #[test]
+    fn tls_config_reads_from_toml_and_is_off_by_default() {
+        let c: TlsConfig = toml::from_str(
+            "listen = \"0.0.0.0:5061\"\ncert = \"/etc/warmline/sip.pem\"\nkey = \"k.pem\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listen, Some(SocketAddr::from(([0, 0, 0, 0], 5061))));
+        assert_eq!(c.cert.as_deref(), Some(Path::new("/etc/warmline/sip.pem")));
+        assert_eq!(c.handshake_timeout_s, 10);
+        assert!(toml::from_str::<TlsConfig>("certificate = \"x\"").is_err());
+        assert_eq!(TlsConfig::default().listen, None);
+    }
+
+    #[tokio::test]
+    async fn tls_off_binds_nothing() {
+        let r = bind_tls(&TlsConfig::default()).await;
+        assert!(matches!(r, Ok(None)));
+    }
+
+    #[test]
+    fn missing_and_unreadable_files_are_named() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key, _) = test_identity(dir.path());
+        let e = tls_acceptor(&cfg(None, Some(&key)))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("[sip.tls] listen is set but `cert` (a PEM file path) is missing")
+        );
+        let gone = dir.path().join("nope.pem");
+        let e = tls_acceptor(&cfg(Some(&cert), Some(&gone)))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with(&format!("[sip.tls] key: cannot read {}", gone.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_pem_is_reported_with_its_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key, _) = test_identity(dir.path());
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap_or_else(|e| panic!("{e}"));
+        let e = tls_acceptor(&cfg(Some(&junk), Some(&key)))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            format!(
+                "[sip.tls] cert: {} is not usable PEM: no CERTIFICATE block",
+                junk.display()
+            )
+        );
+        // The certificate where the key should be.
+        let e = tls_acceptor(&cfg(Some(&cert), Some(&cert)))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with(&format!(
+                "[sip.tls] key: {} is not usable PEM",
+                cert.display()
+            )),
+            "{e}"
+        );
+        // A key that does not belong to the certificate.
+        let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (_, other_key, _) = test_identity(other.path());
+        let e = tls_acceptor(&cfg(Some(&cert), Some(&other_key)))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("do not form a usable server identity"), "{e}");
+    }
+
+    /// A client's message over TLS reaches the SIP task framed, and what the SIP task writes to
+    /// that peer goes back over the same encrypted connection.
+    #[tokio::test]
+    async fn messages_flow_both_ways_over_tls() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key, der) = test_identity(dir.path());
+        let Ok(Some(listener)) = bind_tls(&cfg(Some(&cert), Some(&key))).await else {
+            panic!("bind_tls failed");
+        };
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(tls_accept_loop(listener, tx, Limits::default()));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap_or_else(|e| panic!("{e}"));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let name = ServerName::try_from("127.0.0.1").unwrap_or_else(|e| panic!("{e}"));
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("handshake: {e}"));
+        let options = "OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:1;branch=z9hG4bKt\r\nCall-ID: t1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        // Two messages in one write, the second split: the framer must cut them apart.
+        let twice = format!("{options}{options}");
+        tls.write_all(twice.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tls.flush().await.unwrap_or_else(|e| panic!("{e}"));
+
+        let Some(TcpMsg::Opened(peer, out)) = rx.recv().await else {
+            panic!("no Opened");
+        };
+        for _ in 0..2 {
+            match rx.recv().await {
+                Some(TcpMsg::Message(from, msg)) => {
+                    assert_eq!(from, peer);
+                    assert_eq!(msg, options.as_bytes());
+                }
+                _ => panic!("expected a framed message"),
+            }
+        }
+        let reply = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
+        out.send(reply.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut got = vec![0u8; reply.len()];
+        tls.read_exact(&mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, reply);
+        drop(tls);
+        assert!(matches!(rx.recv().await, Some(TcpMsg::Closed(a)) if a == peer));
+    }
+
+    /// Plain text on the TLS port is a failed handshake: no message reaches the endpoint.
+    #[tokio::test]
+    async fn plain_sip_on_the_tls_port_is_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key, _) = test_identity(dir.path());
+        let Ok(Some(listener)) = bind_tls(&cfg(Some(&cert), Some(&key))).await else {
+            panic!("bind_tls failed");
+        };
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(tls_accept_loop(listener, tx, Limits::default()));
+        let mut tcp = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tcp.write_all(b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = [0u8; 64];
+        // The server answers with a TLS alert (or nothing) and closes.
+        let _ = tcp.read(&mut buf).await;
+        assert!(rx.try_recv().is_err(), "nothing reaches the SIP task");
+    }
 }
