@@ -297,7 +297,8 @@ impl Config {
     /// relative to the file's folder, so `warmline --config /etc/warmline/warmline.toml` works from anywhere.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
-            let cfg = Config::default();
+            let mut cfg = Config::default();
+            cfg.resolve_state_paths();
             cfg.validate(Path::new("<defaults>"), "")?;
             return Ok(cfg);
         };
@@ -321,14 +322,21 @@ impl Config {
         .chain(speech.models.values_mut())
         .chain(speech.voices.values_mut())
         .chain(cfg.customers.csv.as_mut())
-        .chain(std::iter::once(&mut cfg.recording.dir))
         {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
         cfg.voiceprint.resolve(base);
+        cfg.resolve_state_paths();
         Ok(cfg)
+    }
+
+    /// Recordings live with the rest of the state unless the configuration says otherwise.
+    fn resolve_state_paths(&mut self) {
+        if self.recording.dir.is_relative() {
+            self.recording.dir = self.paths.state_dir.join(&self.recording.dir);
+        }
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
