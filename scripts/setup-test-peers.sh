@@ -5,6 +5,8 @@
 #   espeak-ng + sox      caller speech, audio conversion/measures  make_caller_wav, docs
 #   python3              scripts/gen-dtmf-pcaps.py
 #   procps (kill)        the harness stops processes with SIGTERM
+#   kamailio             dispatcher in front of two appliances       tests/kamailio.rs
+#   systemd (systemd-analyze)  verifies the unit file                tests/ops.rs
 #
 # Idempotent: does nothing when every tool is already there.  Runs apt-get update only when the
 # package lists are missing or do not know a package.  Works as root, or through sudo.
@@ -12,9 +14,9 @@
 #   scripts/setup-test-peers.sh --check  only report (exit 1 if something is missing)
 set -eu
 
-PACKAGES="sip-tester baresip-core espeak-ng sox python3 procps"
+PACKAGES="sip-tester baresip-core espeak-ng sox python3 procps kamailio systemd"
 # binary -> package (checked before touching apt)
-TOOLS="sipp:sip-tester baresip:baresip-core espeak-ng:espeak-ng sox:sox python3:python3 kill:procps"
+TOOLS="sipp:sip-tester baresip:baresip-core espeak-ng:espeak-ng sox:sox python3:python3 kill:procps kamailio:kamailio systemd-analyze:systemd"
 BARESIP_MODULES="g711 aufile alsa sndfile ctrl_tcp menu account"
 
 missing_packages() {
@@ -44,6 +46,8 @@ report() {
     echo "espeak-ng: $(espeak-ng --version 2>/dev/null | grep -m1 -o 'espeak-ng: [0-9.]*\|[0-9]\.[0-9.]*' | head -1 || echo missing)"
     echo "sox:      $(sox --version 2>/dev/null | grep -o 'v[0-9.]*' || echo missing)"
     echo "python3:  $(python3 --version 2>/dev/null || echo missing)"
+    echo "kamailio: $(kamailio -v 2>/dev/null | grep -m1 -o 'kamailio [0-9.]*' || echo missing)"
+    echo "systemd-analyze: $(systemd-analyze --version 2>/dev/null | head -1 || echo missing)"
 }
 
 need=$(missing_packages)
@@ -99,6 +103,16 @@ fi
 echo "apt-get install $need"
 # shellcheck disable=SC2086 # word splitting of the package list is intended
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need
+
+# The Debian package enables a system-wide Kamailio on port 5060, which `make run` needs; the
+# tests start their own instance.
+case " $need " in
+    *" kamailio "*)
+        if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+            $SUDO systemctl disable --now kamailio.service >/dev/null 2>&1 || true
+        fi
+        ;;
+esac
 
 still=$(missing_packages)
 if [ -n "$still" ]; then

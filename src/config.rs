@@ -44,6 +44,42 @@ pub struct Config {
     pub agents: std::collections::BTreeMap<String, crate::routing::AgentConfig>,
     /// Agent queues by name (`[queues.agents]`); the dialplan declares what callers hear.
     pub queues: std::collections::BTreeMap<String, crate::routing::QueueConfig>,
+    pub metrics: MetricsConfig,
+    pub control: ControlConfig,
+    pub service: ServiceConfig,
+}
+
+/// Prometheus exposition (`GET /metrics`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` to serve `/metrics` on, e.g. "127.0.0.1:9100"; empty (the default) = off.
+    pub listen: String,
+}
+
+/// The local control socket `warmline status` and `warmline reload` talk to.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Unix socket path; defaults to `<state_dir>/warmline.sock`. Created with mode 0660.
+    pub socket: Option<PathBuf>,
+}
+
+/// How the daemon stops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// On SIGTERM new calls get 503 and calls in progress have this long to finish before they
+    /// are hung up (BYE), e.g. "30s". Keep systemd's TimeoutStopSec above it.
+    pub drain_timeout: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: "30s".into(),
+        }
+    }
 }
 
 /// Offline speech: Vosk models for recognition and Piper voices for prompts rendered from
@@ -195,6 +231,8 @@ pub struct SipConfig {
     pub auth: crate::sip::auth::AuthConfig,
     /// Agent registrations (`[sip.registrar]`).
     pub registrar: crate::sip::registrar::RegistrarConfig,
+    /// SIP over TLS (`[sip.tls]`): off unless `listen` is set.
+    pub tls: crate::ops::transport::TlsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +275,8 @@ pub struct StorageConfig {
 pub struct LogConfig {
     /// tracing filter, e.g. "info" or "warmline=debug"; the WARMLINE_LOG env var wins.
     pub level: String,
+    /// "auto" (the journal's native protocol under systemd, else text), "journald" or "text".
+    pub format: String,
 }
 
 impl Default for SipConfig {
@@ -249,6 +289,7 @@ impl Default for SipConfig {
             guard: Default::default(),
             auth: Default::default(),
             registrar: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -288,6 +329,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
+            format: "auto".into(),
         }
     }
 }
@@ -319,9 +361,12 @@ impl Config {
         ]
         .into_iter()
         .chain(speech.cache_dir.as_mut())
+        .chain(cfg.control.socket.as_mut())
         .chain(speech.models.values_mut())
         .chain(speech.voices.values_mut())
         .chain(cfg.customers.csv.as_mut())
+        .chain(cfg.sip.tls.cert.as_mut())
+        .chain(cfg.sip.tls.key.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -416,6 +461,27 @@ impl Config {
                 format!(
                     "dialer.poll_interval_ms = {} must be 50..=60000",
                     self.dialer.poll_interval_ms
+                ),
+            );
+        }
+        if let Err(message) = self.metrics_listen() {
+            let (line, column) = find_table_key(text, "[metrics]", "listen");
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            });
+        }
+        if let Err(message) = self.drain_timeout() {
+            return fail("drain_timeout", message);
+        }
+        if !matches!(self.log.format.as_str(), "auto" | "journald" | "text") {
+            return fail(
+                "format",
+                format!(
+                    "log.format = '{}': use \"auto\", \"journald\" or \"text\"",
+                    self.log.format
                 ),
             );
         }
@@ -620,6 +686,37 @@ impl Config {
         })
     }
 
+    /// Where `/metrics` is served, or `None` when `[metrics] listen` is empty.
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, String> {
+        let l = self.metrics.listen.trim();
+        if l.is_empty() {
+            return Ok(None);
+        }
+        l.parse()
+            .map(Some)
+            .map_err(|_| format!("metrics.listen = '{l}': not an address like \"127.0.0.1:9100\""))
+    }
+
+    /// How long calls may run on after SIGTERM before they are hung up.
+    pub fn drain_timeout(&self) -> Result<std::time::Duration, String> {
+        let t = &self.service.drain_timeout;
+        crate::dialer::policy::parse_duration(t)
+            .ok()
+            .and_then(|d| d.to_std().ok())
+            .filter(|d| *d <= std::time::Duration::from_secs(3600))
+            .ok_or_else(|| {
+                format!("service.drain_timeout = '{t}': use a duration from \"0s\" to \"1h\"")
+            })
+    }
+
+    /// The control socket's path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.paths.state_dir.join("warmline.sock"))
+    }
+
     pub fn public_addr(&self) -> SocketAddr {
         self.sip.public_addr.unwrap_or(self.sip.listen)
     }
@@ -686,7 +783,11 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Position of `key =` inside `[trunks.<name>]` (or of the table header), else (1, 1).
 fn find_trunk_key(text: &str, trunk: &str, key: &str) -> (usize, usize) {
-    let header = format!("[trunks.{trunk}]");
+    find_table_key(text, &format!("[trunks.{trunk}]"), key)
+}
+
+/// Position of `key =` inside the table `header` (or of the header), else (1, 1).
+fn find_table_key(text: &str, header: &str, key: &str) -> (usize, usize) {
     let Some(start) = text.lines().position(|l| l.trim() == header) else {
         return (1, 1);
     };
@@ -806,6 +907,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("trunks.main.address is missing"), "{err}");
+    }
+
+    #[test]
+    fn ops_sections_default_and_validate() {
+        let cfg = Config::load(None).unwrap();
+        assert_eq!(cfg.metrics_listen(), Ok(None));
+        assert_eq!(cfg.drain_timeout(), Ok(std::time::Duration::from_secs(30)));
+        assert_eq!(cfg.control_socket(), PathBuf::from("state/warmline.sock"));
+        let text = "[metrics]\nlisten = \"127.0.0.1:9100\"\n[service]\ndrain_timeout = \"2m\"\n";
+        let cfg = Config::parse(Path::new("w.toml"), text).unwrap();
+        assert_eq!(
+            cfg.metrics_listen(),
+            Ok(Some("127.0.0.1:9100".parse().unwrap()))
+        );
+        assert_eq!(cfg.drain_timeout(), Ok(std::time::Duration::from_secs(120)));
+        let bad = "[sip]\nlisten = \"127.0.0.1:5060\"\n[metrics]\nlisten = \"localhost\"\n";
+        let err = Config::parse(Path::new("w.toml"), bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("w.toml:4:1:") && err.contains("metrics.listen"),
+            "{err}"
+        );
+        let bad = "[service]\ndrain_timeout = \"soon\"\n";
+        let err = Config::parse(Path::new("w.toml"), bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("w.toml:2:1:") && err.contains("drain_timeout"),
+            "{err}"
+        );
+        let bad = "[log]\nformat = \"xml\"\n";
+        let err = Config::parse(Path::new("w.toml"), bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("w.toml:2:1:") && err.contains("journald"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn relative_control_socket_follows_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "[control]\nsocket = \"run/wl.sock\"\n").unwrap();
+        let cfg = Config::load(Some(&path)).unwrap();
+        assert_eq!(cfg.control_socket(), dir.path().join("run/wl.sock"));
     }
 
     #[test]

@@ -64,6 +64,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what the running daemon is doing: calls, campaigns, trunks (over the control socket).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running daemon re-read its configuration and dialplan (what SIGHUP does);
+    /// calls in progress are not touched; a broken file is rejected and reported.
+    Reload,
     /// Caller voiceprints: enrol, verify, delete, expire, the fraud watchlist, and the
     /// error-rate evaluation on a folder of speakers.
     Voiceprint {
@@ -135,7 +144,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(ops::server::serve(cfg)) {
+            match rt.block_on(ops::server::serve(cfg, cli.config.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Logging goes to stderr (and the journal under systemd): one line is enough.
@@ -167,6 +176,8 @@ fn main() -> ExitCode {
             ops::simulate::run(&cfg, &args)
         }
         Command::Cdr { json, limit } => ops::check::print_cdrs(&cfg, json, limit),
+        Command::Status { json } => ops::control::run_status(&cfg, json),
+        Command::Reload => ops::control::run_reload(&cfg),
         Command::OptOuts { json } => ops::check::print_opt_outs(&cfg, json),
         Command::Voiceprint { action } => {
             let rt = match tokio::runtime::Runtime::new() {
@@ -238,15 +249,48 @@ fn simulate_steps() -> Result<Vec<ops::simulate::Step>, String> {
     Ok(steps)
 }
 
+/// Logs to stderr as text, or to the journal with structured fields (CALL_ID=…) when running
+/// under systemd (`JOURNAL_STREAM` set) and `[log] format` is "auto" or "journald". The filter
+/// is reloadable so SIGHUP can apply a new `[log] level`.
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WARMLINE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter, Layer};
+    let filter = EnvFilter::try_from_env("WARMLINE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let (filter, handle) = reload::Layer::new(filter);
+    ops::reload::set_log_filter_setter(Box::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| format!("'{level}': {e}"))?;
+        handle.reload(f).map_err(|e| e.to_string())
+    }));
+    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let journald = match cfg.log.format.as_str() {
+        "journald" => true,
+        "auto" => under_journal,
+        _ => false,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    if journald {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                registry
+                    .with(layer.with_syslog_identifier("warmline".into()).boxed())
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("warning: cannot log to the journal ({e}); logging to stderr"),
+        }
+    }
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // The journal stamps every line itself: no second timestamp, no colours in stored logs.
+    let text = fmt::layer()
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_writer(std::io::stderr);
+    if under_journal {
+        registry.with(text.without_time().boxed()).init();
+    } else {
+        registry.with(text.boxed()).init();
+    }
 }

@@ -428,6 +428,8 @@ pub async fn run_call(
     };
     let stats = c.media.lock().media.as_ref().map(|m| {
         let s = m.stats();
+        super::metrics::add_rtp_received(s.packets_received);
+        super::metrics::add_rtp_lost(s.packets_lost);
         serde_json::json!({
             "sent": s.packets_sent, "received": s.packets_received, "lost": s.packets_lost,
             "late": s.packets_late, "duplicates": s.duplicates, "jitter_ms": s.jitter_ms,
@@ -460,6 +462,7 @@ pub async fn run_call(
         routing: c.routing_json(),
         recording: c.recording.as_ref().map(|p| p.display().to_string()),
     };
+    super::metrics::record_call_end("inbound", &outcome);
     if let Err(e) = ctx.store.cdr_end(cdr_id, &end).await {
         tracing::error!(call_id = %c.call_id, error = %e, "cannot finish CDR");
     }
@@ -1012,8 +1015,10 @@ impl Call {
             PromptItem::Text(text) => {
                 let language = self.flow.language().to_string();
                 if let Some(c) = self.ctx.speech.clip(&language, text) {
+                    super::metrics::tts_cache_hit();
                     return Some(c);
                 }
+                super::metrics::tts_cache_miss();
                 let (speech, t, l) = (self.ctx.speech.clone(), text.clone(), language.clone());
                 match tokio::task::spawn_blocking(move || speech.render(&l, &t)).await {
                     Ok(Ok(c)) => Some(c),
@@ -1067,7 +1072,10 @@ impl Call {
             ..VadConfig::default()
         };
         let asr = match self.ctx.speech.start_turn(&language, grammar) {
-            Some(Ok(stream)) => Some(stream),
+            Some(Ok(stream)) => {
+                super::metrics::asr_stream_started();
+                Some(stream)
+            }
             Some(Err(e)) => {
                 tracing::error!(call_id = %self.call_id, "speech turn not started: {e}");
                 return;
@@ -1087,8 +1095,14 @@ impl Call {
     }
 
     fn stop_listening(&mut self) {
-        if self.listening.take().is_some() {
-            self.media.lock().audio = None;
+        if let Some(l) = self.listening.take() {
+            if l.asr.is_some() {
+                // A turn closed before its utterance ended: the recogniser is dropped unused.
+                super::metrics::asr_stream_finished();
+            }
+            if self.voicemail.is_none() {
+                self.media.lock().audio = None;
+            }
         }
     }
 
@@ -1146,7 +1160,12 @@ impl Call {
                 if let Some(asr) = l.asr.take() {
                     let tx = self.transcript_tx.clone();
                     tokio::spawn(async move {
-                        let _ = tx.send((turn, asr.result().await));
+                        let result = asr.result().await;
+                        super::metrics::asr_stream_finished();
+                        if let Ok(t) = &result {
+                            super::metrics::observe_asr_latency(t.decode_time);
+                        }
+                        let _ = tx.send((turn, result));
                     });
                 }
                 if capture_only {

@@ -57,8 +57,12 @@ impl TrunkState {
                 (b.1 * 2).min(Duration::from_secs(120))
             };
             *b = (Some(now + next), next);
+            super::metrics::set_trunk_backoff(&self.trunk.name, next);
             tracing::warn!(trunk = %self.trunk.name, backoff_s = next.as_secs(), "trunk returned 503; backing off");
         } else if status.is_some_and(|s| s < 500) {
+            if !b.1.is_zero() {
+                super::metrics::set_trunk_backoff(&self.trunk.name, Duration::ZERO);
+            }
             *b = (None, Duration::ZERO);
         }
     }
@@ -419,7 +423,18 @@ impl Dialer {
                         dialled += 1;
                     }
                 }
-                other => moves.push(decision_move(plan, contact, &other)),
+                other => {
+                    if matches!(
+                        other,
+                        Decision::WaitUntil {
+                            reason: WaitReason::Fatigue(_),
+                            ..
+                        }
+                    ) {
+                        super::metrics::fatigue_skip();
+                    }
+                    moves.push(decision_move(plan, contact, &other))
+                }
             }
         }
         self.store.settle_contacts(&moves).await?;
@@ -505,6 +520,7 @@ impl Dialer {
                 next_allowed_ms,
             } => {
                 // Another campaign or node contacted the customer since the policy looked.
+                super::metrics::fatigue_skip();
                 let reason = format!(
                     "fatigue (ledger claim refused): contacted {}, next allowed {}",
                     policy::fmt_utc(from_ms(last_contact_ms)),

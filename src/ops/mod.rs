@@ -4,14 +4,17 @@ pub mod agent_leg;
 pub mod call;
 pub mod campaign;
 pub mod check;
+pub mod control;
 pub mod customers;
 pub mod dialer;
 pub mod metrics;
 pub mod outbound;
 pub mod ports;
+pub mod reload;
 pub mod server;
 pub mod simulate;
 pub mod speech;
+pub mod systemd;
 pub mod transport;
 pub mod voiceprint;
 

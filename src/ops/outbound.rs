@@ -90,6 +90,7 @@ pub async fn run(
             digits: String::new(),
         }
     });
+    super::metrics::record_call_end("outbound", result.outcome.as_str());
     OutboundReport {
         result,
         answered_at: call.answered_at,

@@ -1,9 +1,10 @@
 //! `warmline serve`: opens the store, loads prompts and the dialplan, binds SIP and runs until stopped.
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -13,8 +14,10 @@ use crate::sip::endpoint::{Endpoint, EndpointConfig, IncomingCall};
 use crate::store::{Store, StoreError};
 
 use super::call::{run_call, CallContext, MediaClock};
+use super::control::{CallRegistry, ControlState};
 use super::dialer::Dialer;
 use super::ports::PortAllocator;
+use super::systemd::Notifier;
 use super::transport::{CallEvent, CallSpawner, SipCommand, SipServer};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,8 @@ pub enum ServeError {
     Dialplan(#[from] DialplanError),
     #[error("speech services failed to start: {0}")]
     Speech(String),
+    #[error(transparent)]
+    Tls(#[from] super::transport::TlsError),
     #[error("sip: {0}")]
     Sip(String),
     #[error("routing: {0}")]
@@ -37,6 +42,15 @@ pub enum ServeError {
     Voiceprint(String),
     #[error("cannot start the media clock threads: {0}")]
     MediaClock(std::io::Error),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Control(#[from] super::control::ControlError),
+    #[error("{0}")]
+    ConfigValue(String),
     #[error("cannot listen for SIP on {addr} (UDP and TCP): {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -47,6 +61,9 @@ pub enum ServeError {
 struct Spawner {
     ctx: Arc<CallContext>,
     max_calls: usize,
+    /// Set on SIGTERM: new calls get 503 while the ones up finish.
+    draining: Arc<AtomicBool>,
+    registry: Arc<CallRegistry>,
 }
 
 impl CallSpawner for Spawner {
@@ -55,17 +72,43 @@ impl CallSpawner for Spawner {
         call: IncomingCall,
         commands: mpsc::UnboundedSender<SipCommand>,
     ) -> Result<mpsc::UnboundedSender<CallEvent>, u16> {
+        if self.draining.load(Ordering::Relaxed) {
+            super::metrics::CALLS_REJECTED_DRAINING.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(call_id = %call.call_id, "stopping: new call refused with 503");
+            return Err(503);
+        }
         // Refusing with 503 keeps the calls already up at full quality.
         if self.ctx.active.load(Ordering::Relaxed) >= self.max_calls {
+            super::metrics::CALLS_REJECTED_LIMIT.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(call_id = %call.call_id, "call limit reached; 503");
             return Err(503);
         }
         self.ctx.active.fetch_add(1, Ordering::Relaxed);
         super::metrics::CALLS_TOTAL.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let call_id = call.call_id.clone();
+        self.registry
+            .insert(&call_id, &call.from_uri, std::time::Instant::now());
+        // Events pass through here on their way to the call so `status` sees the ACK.
+        let (tx, mut rx) = mpsc::unbounded_channel::<CallEvent>();
+        let (call_tx, call_rx) = mpsc::unbounded_channel();
+        {
+            let (registry, call_id) = (self.registry.clone(), call_id.clone());
+            tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    if matches!(ev, CallEvent::Confirmed { .. }) {
+                        registry.mark_up(&call_id);
+                    }
+                    if call_tx.send(ev).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let ctx = self.ctx.clone();
+        let registry = self.registry.clone();
         tokio::spawn(async move {
-            run_call(ctx.clone(), call, rx, commands).await;
+            run_call(ctx.clone(), call, call_rx, commands).await;
+            registry.remove(&call_id);
             ctx.active.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(tx)
@@ -113,7 +156,15 @@ pub fn load_ivr(cfg: &Config) -> Result<(Arc<PromptStore>, Arc<Dialplan>), Serve
     Ok((Arc::new(prompts), Arc::new(dialplan)))
 }
 
-pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+/// Runs the appliance until SIGTERM/SIGINT. `config_path` is what SIGHUP re-reads.
+pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), ServeError> {
+    let started = std::time::Instant::now();
+    // Caught from the start: SIGHUP's default action would kill a daemon still loading.
+    let hup = signal(SignalKind::hangup()).ok();
+    let notifier = Arc::new(Notifier::from_env());
+    let drain_timeout = cfg.drain_timeout().map_err(ServeError::ConfigValue)?;
+    let metrics_listen = cfg.metrics_listen().map_err(ServeError::ConfigValue)?;
+    notifier.send("STATUS=starting: opening the store, loading prompts, dialplan and speech");
     let store = Store::open(&cfg.storage_url()).await?;
     let closed = store.close_interrupted(chrono::Utc::now()).await?;
     if closed > 0 {
@@ -194,11 +245,16 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     ep_cfg.guard = guard;
     ep_cfg.auth = auth;
     ep_cfg.registrar = cfg.sip.registrar.clone();
+    super::metrics::set_sip_counters(super::transport::sip_counters);
     let limits = ep_cfg.limits;
     let endpoint = Endpoint::try_new(ep_cfg).map_err(|e| ServeError::Sip(e.to_string()))?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let registry = Arc::new(CallRegistry::default());
     let spawner = Arc::new(Spawner {
         ctx: ctx.clone(),
         max_calls: cfg.sip.max_calls,
+        draining: draining.clone(),
+        registry: registry.clone(),
     });
     let (server, listener) = SipServer::bind(cfg.sip.listen, endpoint, limits, spawner)
         .await
@@ -206,17 +262,20 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             addr: cfg.sip.listen,
             source,
         })?;
+    if let Some(tls) = super::transport::bind_tls(&cfg.sip.tls).await? {
+        tracing::info!(listen = ?cfg.sip.tls.listen, "SIP over TLS");
+        server.serve_tls(tls);
+    }
     if let Some(t) = acd_task {
         t.start(ctx.clone(), server.commands());
     }
     if let Some(retention) = cfg.recording.retention() {
         tokio::spawn(sweep_recordings(cfg.recording.dir.clone(), retention));
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    // Two stops: the dialer's (no new outbound calls, at the start of the drain) and the SIP
+    // task's (hang up what is left, at the end of it).
+    let (dialer_stop_tx, dialer_stop_rx) = tokio::sync::watch::channel(false);
+    let (sip_stop_tx, mut sip_stop_rx) = tokio::sync::watch::channel(false);
     let dialer = Dialer::new(
         store.clone(),
         Arc::new(cfg.clone()),
@@ -225,15 +284,70 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     );
     dialer.recover().await?;
     dialer.register_trunks();
-    tokio::spawn(dialer.clone().run(stop_rx.clone()));
+    tokio::spawn(dialer.clone().run(dialer_stop_rx));
+
+    let exporter = {
+        let (ctx, dialer, draining) = (ctx.clone(), dialer.clone(), draining.clone());
+        Arc::new(super::metrics::Exporter::new(
+            store.clone(),
+            Box::new(move || super::metrics::Live {
+                calls_active: ctx.active.load(Ordering::Relaxed) as u64,
+                dialer_in_flight: u64::from(dialer.in_flight()),
+                draining: draining.load(Ordering::Relaxed),
+                campaigns: Vec::new(),
+            }),
+            Duration::from_secs(5),
+        ))
+    };
+    if let Some(addr) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::MetricsBind { addr, source })?;
+        tracing::info!(listen = %addr, "metrics on http://{addr}/metrics");
+        tokio::spawn(super::metrics::serve_http(listener, exporter.clone()));
+    }
+    let reloader = Arc::new(super::reload::Reloader::new(
+        config_path,
+        cfg.clone(),
+        ctx.clone(),
+    ));
+    let control_path = cfg.control_socket();
+    let control = super::control::bind(&control_path)?;
+    tokio::spawn(super::control::serve(
+        control,
+        Arc::new(ControlState {
+            registry: registry.clone(),
+            reloader: reloader.clone(),
+            exporter,
+            ctx: ctx.clone(),
+            dialer: dialer.clone(),
+            cfg: Arc::new(cfg.clone()),
+            draining: draining.clone(),
+            started,
+        }),
+    ));
+
     tracing::info!(listen = %cfg.sip.listen, storage = %cfg.storage_url(), node = %dialer.node(),
-        "warmline ready (SIP over UDP and TCP)");
-    let mut stopped = stop_rx.clone();
+        control = %control_path.display(), "warmline ready (SIP over UDP and TCP)");
+    // SIP and TCP are bound, the store is open, prompts, dialplan and speech are loaded.
+    notifier.send(&format!("READY=1\nSTATUS={}", status_line(&ctx, false)));
+    tokio::spawn(keepalive(notifier.clone(), ctx.clone(), draining.clone()));
+    tokio::spawn(signals(
+        hup,
+        notifier.clone(),
+        reloader,
+        ctx.clone(),
+        dialer.clone(),
+        draining,
+        drain_timeout,
+        dialer_stop_tx,
+        sip_stop_tx,
+    ));
     server
         .run(
             listener,
             async move {
-                let _ = stopped.wait_for(|s| *s).await;
+                let _ = sip_stop_rx.wait_for(|s| *s).await;
             },
             Duration::from_secs(5),
         )
@@ -253,7 +367,149 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     store.close().await;
+    let _ = std::fs::remove_file(&control_path);
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// The one-line STATUS= systemd shows in `systemctl status`.
+fn status_line(ctx: &CallContext, draining: bool) -> String {
+    let n = ctx.active.load(Ordering::Relaxed);
+    let calls = if n == 1 { "call" } else { "calls" };
+    if draining {
+        format!("draining: {n} {calls} finishing, new calls get 503")
+    } else {
+        format!("{n} active {calls}")
+    }
+}
+
+/// WATCHDOG=1 from a reactor timer (so a stalled reactor stops the pings and systemd restarts
+/// us) and STATUS= whenever the number of calls changes.
+async fn keepalive(notifier: Arc<Notifier>, ctx: Arc<CallContext>, draining: Arc<AtomicBool>) {
+    if !notifier.enabled() {
+        return;
+    }
+    let watchdog = notifier.watchdog_interval();
+    let every = watchdog
+        .unwrap_or(Duration::from_secs(2))
+        .min(Duration::from_secs(2));
+    let mut iv = tokio::time::interval(every);
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = String::new();
+    loop {
+        iv.tick().await;
+        let status = status_line(&ctx, draining.load(Ordering::Relaxed));
+        let mut msg = String::new();
+        if watchdog.is_some() {
+            msg.push_str("WATCHDOG=1");
+        }
+        if status != last {
+            if !msg.is_empty() {
+                msg.push('\n');
+            }
+            msg.push_str("STATUS=");
+            msg.push_str(&status);
+            last = status;
+        }
+        if !msg.is_empty() {
+            notifier.send(&msg);
+        }
+    }
+}
+
+/// SIGHUP reloads; the first SIGTERM/SIGINT drains: new calls get 503, the dialer starts no
+/// call, calls up get `drain` to finish, then the SIP task hangs up the rest (BYE) and exits.
+#[allow(clippy::too_many_arguments)]
+async fn signals(
+    mut hup: Option<Signal>,
+    notifier: Arc<Notifier>,
+    reloader: Arc<super::reload::Reloader>,
+    ctx: Arc<CallContext>,
+    dialer: Arc<Dialer>,
+    draining: Arc<AtomicBool>,
+    drain: Duration,
+    dialer_stop: tokio::sync::watch::Sender<bool>,
+    sip_stop: tokio::sync::watch::Sender<bool>,
+) {
+    // Created once, so a signal that arrives during a reload is not lost.
+    let mut stops = StopSignals::new();
+    loop {
+        tokio::select! {
+            Some(()) = recv_opt(&mut hup) => {
+                tracing::info!("SIGHUP: reloading configuration and dialplan");
+                notifier.send(&super::systemd::reloading_message());
+                // The outcome is logged by the reloader; a rejected file keeps the old one.
+                let _ = reloader.reload().await;
+                notifier.send(&format!("READY=1\nSTATUS={}", status_line(&ctx, false)));
+            }
+            () = stops.recv() => break,
+        }
+    }
+    draining.store(true, Ordering::Relaxed);
+    let _ = dialer_stop.send(true);
+    let calls = ctx.active.load(Ordering::Relaxed);
+    tracing::info!(
+        calls,
+        in_flight = dialer.in_flight(),
+        drain_timeout_s = drain.as_secs(),
+        "stopping: new calls get 503; waiting for calls in progress"
+    );
+    notifier.send(&format!("STOPPING=1\nSTATUS={}", status_line(&ctx, true)));
+    let deadline = tokio::time::Instant::now() + drain;
+    let mut iv = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        if ctx.active.load(Ordering::Relaxed) == 0 && dialer.in_flight() == 0 {
+            tracing::info!("all calls finished");
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                calls = ctx.active.load(Ordering::Relaxed),
+                in_flight = dialer.in_flight(),
+                "drain timeout: hanging up the calls still up"
+            );
+            break;
+        }
+        tokio::select! {
+            _ = iv.tick() => {}
+            // A second signal skips the rest of the drain.
+            () = stops.recv() => {
+                tracing::warn!("second stop signal: hanging up now");
+                break;
+            }
+        }
+    }
+    let _ = sip_stop.send(true);
+}
+
+async fn recv_opt(s: &mut Option<Signal>) -> Option<()> {
+    match s.as_mut() {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM (systemd's stop) and SIGINT (Ctrl-C).
+struct StopSignals {
+    term: Option<Signal>,
+    int: Option<Signal>,
+}
+
+impl StopSignals {
+    fn new() -> StopSignals {
+        StopSignals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            Some(()) = recv_opt(&mut self.term) => {}
+            Some(()) = recv_opt(&mut self.int) => {}
+            else => std::future::pending().await,
+        }
+    }
 }
 
 /// The guard and digest settings: `[sip.guard]` and `[sip.auth]` plus what other sections
@@ -390,20 +646,5 @@ async fn sweep_recordings(dir: PathBuf, retention: Duration) {
                 Err(e) => tracing::error!(error = %e, "recording sweep failed"),
             }
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -100,6 +101,33 @@ pub enum AgentEvent {
     Unregistered {
         user: String,
     },
+}
+
+/// The endpoint's counters as of the last pass of the SIP task, for the metrics scrape (the
+/// endpoint itself lives inside that task).
+static SIP_MALFORMED: AtomicU64 = AtomicU64::new(0);
+static SIP_AUTH_FAILURES: AtomicU64 = AtomicU64::new(0);
+static SIP_RATE_LIMITED: AtomicU64 = AtomicU64::new(0);
+
+fn publish_sip_counters(ep: &Endpoint) {
+    let s = ep.security_counters();
+    SIP_MALFORMED.store(ep.malformed_messages(), Ordering::Relaxed);
+    SIP_AUTH_FAILURES.store(s.auth_failures, Ordering::Relaxed);
+    SIP_RATE_LIMITED.store(
+        s.rate_limited_drops
+            .saturating_add(s.blocked_drops)
+            .saturating_add(s.acl_drops),
+        Ordering::Relaxed,
+    );
+}
+
+/// What `metrics::set_sip_counters` reads.
+pub fn sip_counters() -> super::metrics::SipCounters {
+    super::metrics::SipCounters {
+        malformed: SIP_MALFORMED.load(Ordering::Relaxed),
+        auth_failures: SIP_AUTH_FAILURES.load(Ordering::Relaxed),
+        rate_limited: SIP_RATE_LIMITED.load(Ordering::Relaxed),
+    }
 }
 
 /// Messages from TCP connection tasks to the SIP task.
@@ -372,6 +400,7 @@ impl SipServer {
         while let Some(t) = self.endpoint.poll_transmit() {
             self.send(t).await;
         }
+        publish_sip_counters(&self.endpoint);
     }
 
     fn dispatch(&mut self, ev: Event) {
@@ -414,6 +443,7 @@ impl SipServer {
                     .map(String::as_str)
                     .unwrap_or("?");
                 tracing::info!(trunk = %name, expires_s = expires.as_secs(), "registered to the trunk");
+                super::metrics::set_trunk_registered(name, true);
                 return;
             }
             Event::RegistrationFailed {
