@@ -2,7 +2,7 @@
 # by scripts/ from Debian apt and crates.io only.
 CARGO ?= cargo
 
-.PHONY: run test build setup lint bench check clean-state
+.PHONY: run test build setup lint bench check clean-state install
 
 ## Run the appliance with its embedded defaults: SIP on 127.0.0.1:5060 (UDP+TCP), SQLite under
 ## state/, the demo bank dialplan and the bundled prompts.
@@ -19,6 +19,11 @@ setup:
 
 build: setup
 	$(CARGO) build --release
+
+## Install the release binary, the systemd unit, /etc/warmline and /var/lib/warmline
+## (docs/operations.md).
+install: build
+	scripts/install.sh
 
 check: setup
 	$(CARGO) run --release --bin warmline -- check

@@ -13,3 +13,6 @@ fi
 echo "test: PostgreSQL at $WARMLINE_TEST_POSTGRES_URL"
 cargo fmt --check
 cargo test --all-targets
+# Coverage-guided fuzzing of every parser for a bounded time each (docs/security.md); a crash
+# fails the run and leaves its input under .cache/fuzz/artifacts/.
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz.sh
