@@ -33,6 +33,10 @@ cat > "$work/w.toml" <<EOF
 [sip]
 listen = "127.0.0.1:$PORT"
 max_calls = 6000
+[sip.guard]
+# SIPp is one source at thousands of calls/s: the benchmark treats it as a trunk would be.
+rate_per_sec = 0
+max_calls_per_source = 0
 [rtp]
 port_min = 30000
 port_max = 49999

@@ -37,6 +37,10 @@ sip_port=9560 rtp_min=61000 rtp_max=62999
 cat >"$work/warmline.toml" <<TOML
 [sip]
 listen = "127.0.0.1:$sip_port"
+[sip.guard]
+# The load generator is one source: exempt it like a trunk (docs/security.md).
+rate_per_sec = 0
+max_calls_per_source = 0
 [rtp]
 port_min = $rtp_min
 port_max = $rtp_max

@@ -61,9 +61,63 @@ pub enum ServeError {
 struct Spawner {
     ctx: Arc<CallContext>,
     max_calls: usize,
+    /// Calls per source address (trunks exempt): `[sip.guard] max_calls_per_source`.
+    per_source: Arc<PerSource>,
     /// Set on SIGTERM: new calls get 503 while the ones up finish.
     draining: Arc<AtomicBool>,
     registry: Arc<CallRegistry>,
+}
+
+/// Live inbound calls per source address.
+struct PerSource {
+    max: usize,
+    trunks: Vec<crate::sip::guard::Cidr>,
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One call's place in [`PerSource`]; given back when dropped.
+struct SourceSlot {
+    owner: Arc<PerSource>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else { return };
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+}
+
+trait TakeSlot {
+    fn take(&self, ip: std::net::IpAddr) -> Option<SourceSlot>;
+}
+
+impl TakeSlot for Arc<PerSource> {
+    /// A slot for a new call from `ip`, or `None` when it has `max` calls already.
+    fn take(&self, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        if self.max == 0 || self.trunks.iter().any(|n| n.contains(ip)) {
+            return Some(SourceSlot {
+                owner: self.clone(),
+                ip: None,
+            });
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            owner: self.clone(),
+            ip: Some(ip),
+        })
+    }
 }
 
 impl CallSpawner for Spawner {
@@ -83,6 +137,11 @@ impl CallSpawner for Spawner {
             tracing::warn!(call_id = %call.call_id, "call limit reached; 503");
             return Err(503);
         }
+        let Some(slot) = self.per_source.take(call.source.ip()) else {
+            super::metrics::CALLS_REJECTED_LIMIT.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(call_id = %call.call_id, src = %call.source, "too many calls from this source; 503");
+            return Err(503);
+        };
         self.ctx.active.fetch_add(1, Ordering::Relaxed);
         super::metrics::CALLS_TOTAL.fetch_add(1, Ordering::Relaxed);
         let call_id = call.call_id.clone();
@@ -108,6 +167,7 @@ impl CallSpawner for Spawner {
         let registry = self.registry.clone();
         tokio::spawn(async move {
             run_call(ctx.clone(), call, call_rx, commands).await;
+            drop(slot);
             registry.remove(&call_id);
             ctx.active.fetch_sub(1, Ordering::Relaxed);
         });
@@ -242,6 +302,11 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Serv
     let mut ep_cfg = EndpointConfig::new(cfg.public_addr());
     ep_cfg.user_agent = cfg.sip.user_agent.clone();
     let (guard, auth) = sip_security(&cfg)?;
+    let guard_trunks: Vec<crate::sip::guard::Cidr> = guard
+        .trunks
+        .iter()
+        .flat_map(|t| t.networks.iter().cloned())
+        .collect();
     ep_cfg.guard = guard;
     ep_cfg.auth = auth;
     ep_cfg.registrar = cfg.sip.registrar.clone();
@@ -253,6 +318,11 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Serv
     let spawner = Arc::new(Spawner {
         ctx: ctx.clone(),
         max_calls: cfg.sip.max_calls,
+        per_source: Arc::new(PerSource {
+            max: cfg.sip.guard.max_calls_per_source,
+            trunks: guard_trunks,
+            counts: Default::default(),
+        }),
         draining: draining.clone(),
         registry: registry.clone(),
     });

@@ -125,6 +125,10 @@ pub struct GuardConfig {
     pub max_tracked_sources: usize,
     /// Blocked sources remembered (the one whose block ends first is evicted).
     pub max_blocked_sources: usize,
+    /// Calls one source (not a trunk) may have set up or up at once; more get 503. A flood of
+    /// INVITEs whose ACKs never come would otherwise hold every RTP port until the ACK
+    /// timeout. 0 turns the cap off. (Applied by the shell, which owns the calls.)
+    pub max_calls_per_source: usize,
 }
 
 impl Default for GuardConfig {
@@ -141,6 +145,7 @@ impl Default for GuardConfig {
             block_secs: 600,
             max_tracked_sources: 10_000,
             max_blocked_sources: 4_096,
+            max_calls_per_source: 100,
         }
     }
 }

@@ -1761,6 +1761,12 @@ pub struct BaresipOpts {
     pub account_params: String,
     /// Deadline for the control socket to come up.
     pub ready_timeout: Duration,
+    /// Register to this registrar (e.g. warmline's SIP address) with this digest password:
+    /// the account becomes `<sip:USER@ADDR>;auth_pass=PW;regint=60`. `None`: no REGISTER.
+    pub register: Option<(SocketAddr, String)>,
+    /// Start with `-s`: every SIP message sent and received goes to baresip.log (to read the
+    /// headers of an INVITE it got).
+    pub sip_trace: bool,
 }
 
 impl Default for BaresipOpts {
@@ -1772,6 +1778,8 @@ impl Default for BaresipOpts {
             extra_config: String::new(),
             account_params: String::new(),
             ready_timeout: Duration::from_secs(10),
+            register: None,
+            sip_trace: false,
         }
     }
 }
@@ -1856,14 +1864,18 @@ impl Baresip {
         } else {
             ""
         };
-        fs::write(
-            dir.join("accounts"),
-            format!(
+        let account = match &opts.register {
+            None => format!(
                 "<sip:{}@127.0.0.1>;regint=0{answer}{}\n",
                 opts.user, opts.account_params
             ),
-        )
-        .unwrap_or_else(|e| panic!("baresip accounts: {e}"));
+            Some((registrar, password)) => format!(
+                "<sip:{}@{registrar}>;auth_pass={password};regint=60{answer}{}\n",
+                opts.user, opts.account_params
+            ),
+        };
+        fs::write(dir.join("accounts"), account)
+            .unwrap_or_else(|e| panic!("baresip accounts: {e}"));
         fs::write(dir.join("contacts"), "").unwrap_or_else(|e| panic!("baresip contacts: {e}"));
         let log = fs::File::create(dir.join("baresip.log"))
             .unwrap_or_else(|e| panic!("baresip.log: {e}"));
@@ -1871,6 +1883,7 @@ impl Baresip {
             .try_clone()
             .unwrap_or_else(|e| panic!("baresip.log: {e}"));
         let mut child = Command::new("baresip")
+            .args(opts.sip_trace.then_some("-s"))
             .arg("-f")
             .arg(&dir)
             .current_dir(&dir)
