@@ -100,6 +100,9 @@ pub struct SpeechConfig {
     pub cache_dir: Option<PathBuf>,
     /// Recogniser threads; 0 = one per core.
     pub asr_threads: usize,
+    /// Run recognition on a CUDA GPU: needs a libvosk built with CUDA (the PyPI one is
+    /// CPU-only, and then this has no effect). Off by default; the CPU path is what is tested.
+    pub gpu: bool,
 }
 
 impl Default for SpeechConfig {
@@ -122,6 +125,7 @@ impl Default for SpeechConfig {
             espeak_data: PathBuf::from("/usr/lib/x86_64-linux-gnu"),
             cache_dir: None,
             asr_threads: 0,
+            gpu: false,
         }
     }
 }

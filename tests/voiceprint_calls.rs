@@ -429,7 +429,6 @@ fn a_watchlisted_voice_is_caught_in_the_main_menu_and_sent_to_the_risk_desk() {
 /// `SpeechEnd` (`Call::on_caller_audio` / `Call::capture_ended`, src/ops/call.rs and
 /// src/ops/call/voice.rs), so the 1.5 s before the pause is all the call ever collects.
 #[test]
-#[ignore = "src bug: a capture-only turn keeps only its first utterance (endpointer not reset)"]
 fn speech_after_a_pause_still_reaches_the_watchlist_check() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let d = start_daemon();

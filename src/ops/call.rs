@@ -400,7 +400,7 @@ pub async fn run_call(
         flow_tx,
         speech_pcm: Vec::new(),
         pending_check: None,
-        watchlist_checked: false,
+        watchlist: Default::default(),
     };
     c.look_up_caller().await;
     let ending = c
@@ -414,6 +414,7 @@ pub async fn run_call(
         )
         .await;
     c.end_bridge();
+    c.maybe_enrol();
     if c.voicemail.is_some() {
         // The caller hung up while recording: the message is kept.
         let _ = c.finish_voicemail().await;
@@ -514,7 +515,7 @@ struct Call {
     /// The caller's net speech (8 kHz), for voiceprints.
     speech_pcm: Vec<i16>,
     pending_check: Option<voice::PendingCheck>,
-    watchlist_checked: bool,
+    watchlist: voice::WatchlistChecks,
 }
 
 /// Caller audio before the voice activity detector declared speech: fed to the recogniser at
@@ -1170,6 +1171,11 @@ impl Call {
                 }
                 if capture_only {
                     self.capture_ended();
+                    // The endpointer stops after one utterance; a capture turn keeps listening
+                    // for the next (its noise floor survives the reset).
+                    if let Some(l) = self.listening.as_mut().filter(|l| l.capture_only) {
+                        l.vad.reset(now);
+                    }
                 } else {
                     self.maybe_check_watchlist();
                 }

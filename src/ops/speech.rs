@@ -35,6 +35,15 @@ impl Speech {
     /// voice is logged (with where to get one) and its menus work by keys.
     pub fn load(cfg: &Config) -> Speech {
         let s = &cfg.speech;
+        if s.gpu {
+            // Once, before any model loads. A libvosk built without CUDA (the PyPI wheel)
+            // ignores it and recognition stays on the CPU.
+            if crate::speech::asr::vosk_gpu_call(c"vosk_gpu_init") {
+                tracing::info!("speech: recognition on the GPU (vosk_gpu_init)");
+            } else {
+                tracing::warn!("speech: [speech] gpu = true, but this libvosk has no GPU support (no vosk_gpu_init); recognition stays on the CPU");
+            }
+        }
         let mut models = HashMap::new();
         for (lang, dir) in &s.models {
             if !dir.exists() {
@@ -86,7 +95,7 @@ impl Speech {
             .collect();
         Speech {
             models,
-            pool: AsrPool::new(if threads == 0 { 1 } else { threads }),
+            pool: AsrPool::with_gpu(if threads == 0 { 1 } else { threads }, s.gpu),
             voices,
             workers,
             cache: TtsCache::new(cache_dir),

@@ -61,6 +61,10 @@ pub struct VoiceprintConfig {
     pub cohort_top_k: u32,
     /// Voiceprint extractions running at once (each takes one core while it runs).
     pub threads: usize,
+    /// Enrol known callers who have no voiceprint yet from what they said in a call (at least
+    /// `min_enrol_speech_s` of net speech; never a call whose voice check failed or that
+    /// matched the watchlist). Off by default: the bank decides about consent.
+    pub enrol_from_calls: bool,
 }
 
 impl Default for VoiceprintConfig {
@@ -82,6 +86,7 @@ impl Default for VoiceprintConfig {
             cohort_size: 200,
             cohort_top_k: 0,
             threads: 1,
+            enrol_from_calls: false,
         }
     }
 }

@@ -309,15 +309,46 @@ struct StartJob {
     done: oneshot::Sender<Result<Transcript, AsrError>>,
 }
 
+/// Calls libvosk's `vosk_gpu_init` or `vosk_gpu_thread_init` if the loaded library has it.
+/// CUDA builds export them; the PyPI CPU build does not (and the `vosk` crate only declares them
+/// behind a feature that would make linking against that build fail), so they are looked up at
+/// run time. Returns whether the function exists and ran.
+pub fn vosk_gpu_call(name: &std::ffi::CStr) -> bool {
+    // SAFETY: dlsym(RTLD_DEFAULT) only searches the objects already loaded; both functions take
+    // no arguments and return nothing (vosk_api.h), matching the pointer type used.
+    unsafe {
+        let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+        if f.is_null() {
+            return false;
+        }
+        let f: extern "C" fn() = std::mem::transmute::<*mut libc::c_void, extern "C" fn()>(f);
+        f();
+    }
+    true
+}
+
 impl AsrPool {
     /// Starts `threads` worker threads (at least one).
     pub fn new(threads: usize) -> AsrPool {
+        Self::with_gpu(threads, false)
+    }
+
+    /// Like [`AsrPool::new`]; with `gpu` each worker first binds the CUDA device
+    /// (`vosk_gpu_thread_init`), which a libvosk built with CUDA needs per thread and a CPU
+    /// build ignores. `vosk_gpu_init` must have run once before (see `ops::speech`).
+    pub fn with_gpu(threads: usize, gpu: bool) -> AsrPool {
         let workers = (0..threads.max(1))
             .map(|n| {
                 let (tx, rx) = mpsc::channel();
-                let handle = std::thread::Builder::new()
-                    .name(format!("asr-{n}"))
-                    .spawn(move || worker_loop(rx));
+                let handle =
+                    std::thread::Builder::new()
+                        .name(format!("asr-{n}"))
+                        .spawn(move || {
+                            if gpu {
+                                vosk_gpu_call(c"vosk_gpu_thread_init");
+                            }
+                            worker_loop(rx)
+                        });
                 match handle {
                     Ok(h) => Worker {
                         tx,

@@ -18,6 +18,23 @@ const PASSPHRASE_WAIT: Duration = Duration::from_secs(12);
 /// Silence that ends the passphrase.
 const PASSPHRASE_END_SILENCE: Duration = Duration::from_millis(900);
 
+/// The endpointer counts every frame of an utterance; the speaker model counts only what it
+/// decoded as speech, about half of that on conversational audio (measured). Checks wait for
+/// this many endpointer seconds per second of net speech they need.
+const ENDPOINTER_PER_NET_SPEECH: f32 = 2.0;
+/// Watchlist checks per call: again as more speech arrives, until one has enough net speech.
+const MAX_WATCHLIST_CHECKS: u8 = 3;
+
+/// The fraud-watchlist checks of one call.
+#[derive(Default)]
+pub(super) struct WatchlistChecks {
+    done: u8,
+    /// Endpointer seconds of speech at which the next check runs.
+    next_at_s: f32,
+    /// Set by a check that had enough net speech (hit or not): no more checks.
+    settled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// A `verify_voice` step waiting for the caller to speak.
 pub(super) struct PendingCheck {
     pub(super) customer: String,
@@ -92,7 +109,7 @@ impl Call {
 
     /// The endpointer ended an utterance in a capture-only turn (or its time ran out).
     pub(super) fn capture_ended(&mut self) {
-        let enough = self.speech_seconds() >= self.min_speech();
+        let enough = self.speech_seconds() >= self.min_speech() * ENDPOINTER_PER_NET_SPEECH;
         let late = self
             .pending_check
             .as_ref()
@@ -143,13 +160,22 @@ impl Call {
 
     /// Once per call, with enough speech: compare the caller against the fraud watchlist.
     pub(super) fn maybe_check_watchlist(&mut self) {
-        if self.watchlist_checked || self.speech_seconds() < self.min_speech() {
+        let settled = self
+            .watchlist
+            .settled
+            .load(std::sync::atomic::Ordering::Acquire);
+        let min_vad_s = self.min_speech() * ENDPOINTER_PER_NET_SPEECH;
+        let due = self.watchlist.next_at_s.max(min_vad_s);
+        if settled || self.watchlist.done >= MAX_WATCHLIST_CHECKS || self.speech_seconds() < due {
             return;
         }
         let Some(service) = self.ctx.voiceprints.clone() else {
             return;
         };
-        self.watchlist_checked = true;
+        self.watchlist.done += 1;
+        self.watchlist.next_at_s = self.speech_seconds() + min_vad_s;
+        let settled = self.watchlist.settled.clone();
+        let min_net = self.min_speech();
         let (store, pcm, tx, call_id) = (
             self.ctx.store.clone(),
             self.speech_pcm.clone(),
@@ -164,6 +190,13 @@ impl Call {
                     return;
                 }
             };
+            if embedding.speech_seconds() < min_net {
+                // Checked again once the caller has said more.
+                tracing::debug!(call_id = %call_id, net_speech_s = embedding.speech_seconds(),
+                    "voiceprint: not enough net speech for the watchlist yet");
+                return;
+            }
+            settled.store(true, std::sync::atomic::Ordering::Release);
             match service.check_watchlist(&store, &embedding).await {
                 Ok(Some(hit)) => {
                     super::WATCHLIST_HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -179,6 +212,50 @@ impl Call {
                 Err(e) => {
                     tracing::error!(call_id = %call_id, error = %e, "voiceprint: watchlist check failed")
                 }
+            }
+        });
+    }
+
+    /// At the end of a call: enrol a known caller without a voiceprint from this call's speech,
+    /// when configured. Runs in the background; the CDR does not wait for it.
+    pub(super) fn maybe_enrol(&self) {
+        let Some(service) = self.ctx.voiceprints.clone() else {
+            return;
+        };
+        let cfg = service.config();
+        let rec = self.flow.record();
+        let Some(customer) = rec.caller.customer_id.clone() else {
+            return;
+        };
+        let doubtful = !rec.watchlist.is_empty()
+            || rec
+                .voice
+                .is_some_and(|v| v.decision == VoiceDecision::Rejected);
+        if !cfg.enrol_from_calls
+            || doubtful
+            || self.speech_seconds() < cfg.min_enrol_speech_s * ENDPOINTER_PER_NET_SPEECH
+        {
+            return;
+        }
+        let (store, pcm, call_id) = (
+            self.ctx.store.clone(),
+            self.speech_pcm.clone(),
+            self.call_id.clone(),
+        );
+        tokio::spawn(async move {
+            match store.voiceprint(&customer).await {
+                Ok(Some(_)) => return,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(call_id = %call_id, error = %e, "voiceprint: cannot read the store");
+                    return;
+                }
+            }
+            match service.enroll_from_call(&store, &customer, vec![pcm]).await {
+                Ok(s) => tracing::info!(call_id = %call_id, customer = %customer,
+                    speech_s = s.speech_s, "voiceprint: enrolled from the call"),
+                Err(e) => tracing::info!(call_id = %call_id, customer = %customer,
+                    "voiceprint: not enrolled from the call: {e}"),
             }
         });
     }
