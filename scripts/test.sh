@@ -15,4 +15,4 @@ cargo fmt --check
 cargo test --all-targets
 # Coverage-guided fuzzing of every parser for a bounded time each (docs/security.md); a crash
 # fails the run and leaves its input under .cache/fuzz/artifacts/.
-FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz.sh
+FUZZ_SECONDS="${FUZZ_SECONDS:-5}" scripts/fuzz.sh
