@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::media::session::{MediaConfig, MediaEvent, MediaSession};
+use crate::media::session::MediaEvent;
 use crate::sip::endpoint::{CallHandle, OutboundCall, Transport};
 use crate::sip::sdp;
 
-use super::call::{CallContext, CallMedia, ClockEntry};
+use super::call::{CallContext, CallMedia};
 use super::ports::{self, MediaSocket};
 use super::transport::{CallEvent, SipCommand};
 
@@ -384,48 +384,15 @@ impl LegTask {
     }
 
     fn start_media(&mut self, answer: &[u8], rtp: &Arc<MediaSocket>, rtcp: &Arc<MediaSocket>) {
-        let neg = match sdp::parse_remote(answer)
-            .map_err(|e| e.to_string())
-            .and_then(|r| sdp::negotiate(&r, &self.ctx.codecs).map_err(|e| e.to_string()))
-        {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(leg = %self.call_id, error = %e, "acd: unusable SDP from agent");
-                return;
-            }
-        };
-        let cfg = MediaConfig {
-            codec: neg.codec,
-            payload_type: neg.payload_type,
-            telephone_event_pt: neg.telephone_event_pt,
-            remote_rtp: neg.remote_rtp,
-            remote_rtcp: neg.remote_rtcp,
-            symmetric: true,
-            jitter_depth: self.ctx.jitter,
-        };
-        let mut st = self.media.lock();
-        let ok = match st.media.as_mut() {
-            Some(m) => m.update(cfg).is_ok(),
-            None => match MediaSession::new(cfg, rand::random(), Instant::now()) {
-                Ok(m) => {
-                    st.media = Some(m);
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(leg = %self.call_id, error = %e, "acd: agent media setup failed");
-                    false
-                }
-            },
-        };
-        drop(st);
-        if ok && !self.registered {
-            self.registered = true;
-            self.ctx.media_clock.register(ClockEntry {
-                media: self.media.clone(),
-                rtp: rtp.clone(),
-                rtcp: rtcp.clone(),
-            });
-        }
+        super::call::apply_sdp_answer(
+            &self.ctx,
+            &self.media,
+            &mut self.registered,
+            answer,
+            (rtp, rtcp),
+            &self.call_id,
+            "acd",
+        );
     }
 }
 

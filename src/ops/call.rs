@@ -161,6 +161,62 @@ impl CallMedia {
     }
 }
 
+/// The far end's SDP answer on a call we placed (a reminder call, an agent leg): creates the
+/// media session on the first answer, updates it on a later one (183 then 200), and puts the
+/// call on the media clock once. `what` prefixes the log lines ("outbound", "acd").
+pub(super) fn apply_sdp_answer(
+    ctx: &CallContext,
+    media: &Arc<CallMedia>,
+    on_clock: &mut bool,
+    answer: &[u8],
+    sockets: (&Arc<MediaSocket>, &Arc<MediaSocket>),
+    call_id: &str,
+    what: &str,
+) {
+    let neg = match sdp::parse_remote(answer)
+        .map_err(|e| e.to_string())
+        .and_then(|r| sdp::negotiate(&r, &ctx.codecs).map_err(|e| e.to_string()))
+    {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(call_id = %call_id, error = %e, "{what}: unusable SDP answer");
+            return;
+        }
+    };
+    let cfg = MediaConfig {
+        codec: neg.codec,
+        payload_type: neg.payload_type,
+        telephone_event_pt: neg.telephone_event_pt,
+        remote_rtp: neg.remote_rtp,
+        remote_rtcp: neg.remote_rtcp,
+        symmetric: true,
+        jitter_depth: ctx.jitter,
+    };
+    let mut st = media.lock();
+    let ok = match st.media.as_mut() {
+        Some(m) => m.update(cfg).is_ok(),
+        None => match MediaSession::new(cfg, rand::random(), Instant::now()) {
+            Ok(m) => {
+                st.media = Some(m);
+                true
+            }
+            Err(e) => {
+                tracing::error!(call_id = %call_id, error = %e, "{what}: media setup failed");
+                false
+            }
+        },
+    };
+    drop(st);
+    if ok && !*on_clock {
+        *on_clock = true;
+        ctx.media_clock.register(ClockEntry {
+            media: media.clone(),
+            rtp: sockets.0.clone(),
+            rtcp: sockets.1.clone(),
+        });
+    }
+}
+
 /// Frame counts of one shard slot, added to the process counters once per slot.
 #[derive(Default)]
 struct SlotStats {

@@ -14,11 +14,11 @@ use crate::dialer::outbound::{
 use crate::media::amd::{AmdConfig, AmdDecision, AmdDetector, BeepWaiter};
 use crate::media::codec::FRAME_SAMPLES;
 use crate::media::prompt::Player;
-use crate::media::session::{MediaConfig, MediaEvent, MediaSession};
+use crate::media::session::MediaEvent;
 use crate::sip::endpoint::{CallHandle, Credentials, OutboundCall, Transport};
 use crate::sip::sdp;
 
-use super::call::{CallContext, CallMedia, ClockEntry};
+use super::call::{CallContext, CallMedia};
 use super::ports;
 use super::transport::{CallEvent, SipCommand};
 
@@ -326,48 +326,15 @@ impl OutboundCallTask {
         rtp: &Arc<ports::MediaSocket>,
         rtcp: &Arc<ports::MediaSocket>,
     ) {
-        let neg = match sdp::parse_remote(answer)
-            .map_err(|e| e.to_string())
-            .and_then(|r| sdp::negotiate(&r, &self.ctx.codecs).map_err(|e| e.to_string()))
-        {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(call_id = %self.call_id, error = %e, "outbound: unusable SDP answer");
-                return;
-            }
-        };
-        let cfg = MediaConfig {
-            codec: neg.codec,
-            payload_type: neg.payload_type,
-            telephone_event_pt: neg.telephone_event_pt,
-            remote_rtp: neg.remote_rtp,
-            remote_rtcp: neg.remote_rtcp,
-            symmetric: true,
-            jitter_depth: self.ctx.jitter,
-        };
-        let mut st = self.media.lock();
-        let ok = match st.media.as_mut() {
-            Some(m) => m.update(cfg).is_ok(),
-            None => match MediaSession::new(cfg, rand::random(), Instant::now()) {
-                Ok(m) => {
-                    st.media = Some(m);
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(call_id = %self.call_id, error = %e, "outbound: media setup failed");
-                    false
-                }
-            },
-        };
-        drop(st);
-        if ok && !self.registered {
-            self.registered = true;
-            self.ctx.media_clock.register(ClockEntry {
-                media: self.media.clone(),
-                rtp: rtp.clone(),
-                rtcp: rtcp.clone(),
-            });
-        }
+        super::call::apply_sdp_answer(
+            &self.ctx,
+            &self.media,
+            &mut self.registered,
+            answer,
+            (rtp, rtcp),
+            &self.call_id,
+            "outbound",
+        );
     }
 
     fn on_rtp(
