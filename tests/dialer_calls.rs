@@ -700,40 +700,10 @@ fn pause_resume_stop_and_bad_campaigns_on_the_command_line() {
     assert_eq!(s["campaign"]["status"], "stopped");
 }
 
-/// A fresh schema on the test PostgreSQL server; `None` when no server is configured (outside
-/// `make test`). Under CI the server is required.
-fn fresh_pg_url(name: &str) -> Option<String> {
-    let Ok(base) = std::env::var("WARMLINE_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "WARMLINE_TEST_POSTGRES_URL is not set under CI (scripts/test.sh starts PostgreSQL)"
-        );
-        eprintln!("WARMLINE_TEST_POSTGRES_URL not set; two-node PostgreSQL test skipped");
-        return None;
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = sqlx::PgPool::connect(&base)
-            .await
-            .expect("connect to PostgreSQL");
-        let sql = format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&pool)
-            .await
-            .expect("create schema");
-        pool.close().await;
-    });
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options[search_path]={name}"))
-}
-
 #[test]
 fn two_nodes_on_one_postgres_never_both_contact_a_customer() {
     let schema = format!("wl_two_nodes_{}", std::process::id());
-    let Some(url) = fresh_pg_url(&schema) else {
+    let Some(url) = fresh_pg_url(&schema, "two-node PostgreSQL test") else {
         return;
     };
     let work = tempfile::tempdir().unwrap();

@@ -9,36 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A fresh schema on the test PostgreSQL server; `None` when no server is configured (outside
-/// `make test`). Under CI the server is required.
-fn fresh_pg_url(name: &str) -> Option<String> {
-    let Ok(base) = std::env::var("WARMLINE_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "WARMLINE_TEST_POSTGRES_URL is not set under CI (scripts/test.sh starts PostgreSQL)"
-        );
-        eprintln!("WARMLINE_TEST_POSTGRES_URL not set; Kamailio two-node test skipped");
-        return None;
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = sqlx::PgPool::connect(&base)
-            .await
-            .expect("connect to PostgreSQL");
-        let sql = format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&pool)
-            .await
-            .expect("create schema");
-        pool.close().await;
-    });
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options[search_path]={name}"))
-}
-
 /// Kamailio in the foreground with the example configuration; killed on drop.
 struct Kamailio {
     addr: SocketAddr,
@@ -130,7 +100,7 @@ fn calls_through(k: &Kamailio, d: &Daemon, n: u32, what: &str) -> Vec<String> {
 #[test]
 fn kamailio_spreads_calls_and_fails_over_after_kill_9() {
     let schema = format!("wl_kamailio_{}", std::process::id());
-    let Some(url) = fresh_pg_url(&schema) else {
+    let Some(url) = fresh_pg_url(&schema, "Kamailio two-node test") else {
         return;
     };
     let node = |name: &str| {

@@ -340,17 +340,27 @@ impl Store {
 
     /// Deletes the customer's voiceprint (right to be forgotten); whether there was one.
     pub async fn delete_voiceprint(&self, customer_id: &str) -> Result<bool, StoreError> {
-        const OP: &str = "delete_voiceprint";
+        self.delete_by_key("delete_voiceprint", DELETE_VOICEPRINT, customer_id)
+            .await
+    }
+
+    /// Runs a `DELETE ... WHERE key = $1`; whether a row went.
+    async fn delete_by_key(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
         if let Some(w) = &self.writer {
-            let args = vec![writer::Arg::Text(customer_id.to_owned())];
-            return Ok(self.write_rows(w, OP, DELETE_VOICEPRINT, args).await? > 0);
+            let args = vec![writer::Arg::Text(key.to_owned())];
+            return Ok(self.write_rows(w, op, sql, args).await? > 0);
         }
-        let n = vp_pool!(self, pool => sqlx::query(DELETE_VOICEPRINT)
-            .bind(customer_id)
+        let n = vp_pool!(self, pool => sqlx::query(sql)
+            .bind(key)
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))
-        .map_err(self.query_err(OP))?;
+        .map_err(self.query_err(op))?;
         Ok(n > 0)
     }
 
@@ -438,18 +448,8 @@ impl Store {
 
     /// Removes the watchlist entry `label`; whether there was one.
     pub async fn watchlist_remove(&self, label: &str) -> Result<bool, StoreError> {
-        const OP: &str = "watchlist_remove";
-        if let Some(w) = &self.writer {
-            let args = vec![writer::Arg::Text(label.to_owned())];
-            return Ok(self.write_rows(w, OP, DELETE_WATCHLIST, args).await? > 0);
-        }
-        let n = vp_pool!(self, pool => sqlx::query(DELETE_WATCHLIST)
-            .bind(label)
-            .execute(pool)
+        self.delete_by_key("watchlist_remove", DELETE_WATCHLIST, label)
             .await
-            .map(|r| r.rows_affected()))
-        .map_err(self.query_err(OP))?;
-        Ok(n > 0)
     }
 }
 

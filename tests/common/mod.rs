@@ -2116,3 +2116,33 @@ impl Drop for Baresip {
         }
     }
 }
+
+/// A fresh schema on the test PostgreSQL server; `None` when no server is configured (outside
+/// `make test`), after saying which test (`what`) is skipped. Under CI the server is required.
+pub fn fresh_pg_url(name: &str, what: &str) -> Option<String> {
+    let Ok(base) = std::env::var("WARMLINE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "WARMLINE_TEST_POSTGRES_URL is not set under CI (scripts/test.sh starts PostgreSQL)"
+        );
+        eprintln!("WARMLINE_TEST_POSTGRES_URL not set; {what} skipped");
+        return None;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&base)
+            .await
+            .expect("connect to PostgreSQL");
+        let sql = format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect("create schema");
+        pool.close().await;
+    });
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options[search_path]={name}"))
+}
