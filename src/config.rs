@@ -288,7 +288,8 @@ impl Default for SipConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
             public_addr: None,
-            user_agent: format!("warmline/{}", env!("CARGO_PKG_VERSION")),
+            // No version: scanners match versions to known flaws (`warmline status` shows it).
+            user_agent: "warmline".into(),
             max_calls: 4000,
             guard: Default::default(),
             auth: Default::default(),

@@ -590,6 +590,11 @@ fn svmap_from_outside_the_allow_list_finds_nothing() {
         inside.contains("127.0.0.1:"),
         "svmap from an allowed source: {inside}"
     );
+    // The fingerprint svmap prints is the Server/User-Agent header: no version in it.
+    assert!(
+        !inside.contains("warmline/"),
+        "svmap learned our version: {inside}"
+    );
     let outside = run_tool(
         &svmap,
         &["-b", "127.0.0.2", "-p", &port, "127.0.0.1"],

@@ -40,13 +40,20 @@ pub enum RtpError {
     TruncatedExtension { len: usize, need: usize },
     #[error("padding count {padding} exceeds the {available} bytes after the header")]
     BadPadding { padding: usize, available: usize },
-    #[error("packet type {0} is RTCP (RFC 5761 range), not RTP")]
-    Rtcp(u8),
 }
 
 /// True when a datagram on a multiplexed port is RTCP (RFC 5761 §4: second byte 192..=223).
 pub fn looks_like_rtcp(data: &[u8]) -> bool {
     matches!(data, [b0, b1, ..] if b0 >> 6 == VERSION && (192..=223).contains(b1))
+}
+
+/// RFC 5761 demultiplexing that knows the payload types negotiated for RTP: a packet of payload
+/// type 64..=95 with its marker bit set has a second byte in the RTCP range, and peers that
+/// put telephone-event on 64..=95 (allowed when RTCP is not multiplexed) set the marker on
+/// every event start. Such a packet is RTP when its payload type is one we negotiated.
+pub fn is_rtcp_given(data: &[u8], rtp_payload_types: &[u8]) -> bool {
+    looks_like_rtcp(data)
+        && !matches!(data, [_, b1, ..] if rtp_payload_types.contains(&(b1 & 0x7F)))
 }
 
 /// Parses one RTP datagram.
@@ -63,9 +70,6 @@ pub fn parse(data: &[u8]) -> Result<RtpPacket<'_>, RtpError> {
     let version = b0 >> 6;
     if version != VERSION {
         return Err(RtpError::BadVersion(version));
-    }
-    if looks_like_rtcp(data) {
-        return Err(RtpError::Rtcp(b1));
     }
     let has_padding = b0 & 0x20 != 0;
     let has_extension = b0 & 0x10 != 0;
@@ -346,8 +350,36 @@ mod tests {
             Err(RtpError::BadPadding { padding: 9, .. })
         ));
         let rr = [0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0];
-        assert_eq!(parse(&rr), Err(RtpError::Rtcp(201)));
         assert!(looks_like_rtcp(&rr));
+        assert!(is_rtcp_given(&rr, &[0, 101]));
+    }
+
+    /// Telephone-event on payload type 73 with the marker set is 0x80|73 = 201 (an RR's type).
+    #[test]
+    fn marked_payload_type_in_rtcp_range_is_rtp_when_negotiated() {
+        let event_start = [
+            0x80,
+            0x80 | 73,
+            0,
+            1,
+            0,
+            0,
+            0,
+            160,
+            0,
+            0,
+            0,
+            9,
+            1,
+            0x8A,
+            0,
+            160,
+        ];
+        assert!(looks_like_rtcp(&event_start));
+        assert!(!is_rtcp_given(&event_start, &[0, 73]));
+        assert!(is_rtcp_given(&event_start, &[0, 101]));
+        let p = parse(&event_start).expect("RTP");
+        assert_eq!((p.header.payload_type, p.header.marker), (73, true));
     }
 
     /// Documents why this module does not use webrtc-rs `rtp` for parsing untrusted input.

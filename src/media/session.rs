@@ -339,7 +339,11 @@ impl MediaSession {
 
     /// Feeds one datagram received on our RTP port.
     pub fn handle_rtp(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
-        if rtp_mod::looks_like_rtcp(data) {
+        let rtp_pts = [
+            self.cfg.payload_type,
+            self.cfg.telephone_event_pt.unwrap_or(0),
+        ];
+        if rtp_mod::is_rtcp_given(data, &rtp_pts[..]) {
             // The peer multiplexes RTCP on the RTP port (RFC 5761).
             self.handle_rtcp(data, from, now);
             return;
@@ -927,6 +931,30 @@ mod tests {
             (frames, s.packets_lost, s.concealed_frames, s.dtmf_digits),
             (4, 0, 0, 2)
         );
+    }
+
+    /// RFC 5761: an event start on payload type 73 has the second byte 0x80|73 = 201, an RTCP
+    /// receiver report's type; it is still a digit because 73 is the negotiated event type.
+    #[test]
+    fn telephone_event_in_the_rtcp_range_is_a_digit() {
+        let t0 = Instant::now();
+        let mut cfg = config(CodecKind::Pcmu, a_addr());
+        cfg.telephone_event_pt = Some(73);
+        let mut b = MediaSession::new(cfg, 0xB, t0).expect("session");
+        for (i, end) in [false, false, true, true, true].into_iter().enumerate() {
+            let dur = 160 * (i as u16 + 1);
+            let p = packet(
+                73,
+                i as u16,
+                0,
+                0xCAFE,
+                i == 0,
+                &encode_event(4, end, 10, dur),
+            );
+            b.handle_rtp(&p, a_addr(), t0 + MS20 * i as u32);
+        }
+        assert_eq!(b.poll_event(), Some(MediaEvent::Dtmf { digit: '4' }));
+        assert_eq!(b.stats().dtmf_digits, 1);
     }
 
     #[test]

@@ -70,7 +70,8 @@ impl EndpointConfig {
     pub fn new(public_addr: SocketAddr) -> Self {
         Self {
             public_addr,
-            user_agent: format!("warmline/{}", env!("CARGO_PKG_VERSION")),
+            // No version: scanners match versions to known flaws (`warmline status` shows it).
+            user_agent: "warmline".into(),
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
