@@ -7,13 +7,16 @@
 #   scripts/soak.sh                         30 minutes, 20 calls/s, each call up 5 s
 #   scripts/soak.sh --minutes 10 --cps 10 --hold-ms 3000
 #   scripts/soak.sh --bin target/release/warmline   (default; built with cargo if missing)
+#   scripts/soak.sh --scenario uac_basic.xml       (default; any tests/sipp/uac_*.xml taking hold_ms)
+#   scripts/soak.sh --out docs/soak-release.txt     (default docs/soak-<UTC date>.txt)
 #
-# Writes docs/soak-<UTC date>.txt (samples, then a summary). Needs sipp (scripts/setup-test-peers.sh).
+# Writes the samples, then a summary. Needs sipp (scripts/setup-test-peers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-minutes=30 cps=20 hold_ms=5000 bin=target/release/warmline interval=10
+minutes=30 cps=20 hold_ms=5000 bin=target/release/warmline interval=10 scenario=uac_basic.xml
+out="docs/soak-$(date -u +%Y-%m-%d).txt"
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) minutes="$2"; shift 2 ;;
@@ -21,7 +24,9 @@ while [ $# -gt 0 ]; do
     --hold-ms) hold_ms="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     --interval) interval="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --scenario) scenario="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "soak: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -68,7 +73,7 @@ grep -q "warmline ready" "$work/warmline.log" || { tail -n 30 "$work/warmline.lo
 seconds=$((minutes * 60))
 calls=$((seconds * cps))
 # -l: SIPp's default cap on open calls is 3 x the rate, below rate x hold for holds over 3 s.
-(cd "$work" && exec sipp "127.0.0.1:$sip_port" -sf "$root/tests/sipp/uac_basic.xml" -i 127.0.0.1 -p 9570 \
+(cd "$work" && exec sipp "127.0.0.1:$sip_port" -sf "$root/tests/sipp/$scenario" -i 127.0.0.1 -p 9570 \
    -mp 63000 -key caller 5000 -set hold_ms "$hold_ms" -r "$cps" -m "$calls" \
    -l "$(( cps * (hold_ms / 1000 + 5) ))" \
    -timeout "$((seconds + 30))s" -timeout_error -nostdin -trace_err -error_file "$work/sipp.err" \
@@ -76,9 +81,8 @@ calls=$((seconds * cps))
 sipp_pid=$!
 pids+=("$sipp_pid")
 
-out="docs/soak-$(date -u +%Y-%m-%d).txt"
 {
-  echo "# warmline soak $(date -u +%FT%TZ): $minutes min, $cps calls/s, hold ${hold_ms} ms, $(nproc) cores"
+  echo "# warmline soak $(date -u +%FT%TZ): $minutes min, $cps calls/s, hold ${hold_ms} ms, $scenario, $(nproc) cores"
   echo "# binary $bin ($(stat -c %y "$bin" | cut -d. -f1)); load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   printf '%-8s %9s %6s %9s %8s %9s %8s %10s %10s\n' t_s rss_kib fds rtp_ports threads calls_act transact dialogs calls_total
 } >"$out"

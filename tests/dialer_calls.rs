@@ -394,7 +394,7 @@ fn unanswered_call_is_cancelled_at_the_ring_timeout() {
         started.elapsed() >= Duration::from_secs(5),
         "ring timeout is 5 s"
     );
-    let res = trunk.sipp.wait();
+    let res = trunk.sipp.stop();
     assert!(
         res.received().iter().any(|m| m.starts_with("CANCEL ")),
         "SIPp saw no CANCEL:\n{}",
@@ -541,7 +541,7 @@ fn trunk_digest_challenge_is_answered_and_a_wrong_password_fails() {
         "{r:?}"
     );
     drop(daemon);
-    let res = trunk.sipp.wait();
+    let res = trunk.sipp.stop();
     let received = res.received();
     let invites: Vec<&String> = received
         .iter()

@@ -28,10 +28,9 @@ use super::hours::Hours;
 /// The shell's id for a call (unique among the calls it has enqueued and not yet ended).
 pub type CallId = u64;
 
-/// Priorities the call flow gives callers; higher is served first. Any `i32` works.
-pub const PRIORITY_NORMAL: i32 = 0;
-pub const PRIORITY_VIP: i32 = 10;
-pub const PRIORITY_FAST_LANE: i32 = 20;
+/// Priorities the call flow gives callers (set by the dialplan); higher is served first. Any
+/// `i32` works.
+pub use crate::ivr::dialplan::{PRIORITY_FAST_LANE, PRIORITY_NORMAL, PRIORITY_VIP};
 
 /// How long an agent who let an offer ring out (or rejected it) gets no offers.
 pub const DEFAULT_NO_ANSWER_PENALTY: Duration = Duration::from_secs(10);
