@@ -353,12 +353,13 @@ fn netem_available() -> Result<(), String> {
 
 #[test]
 fn netem_availability_is_reported() {
-    // Documents which impairment path the suite uses on this machine; the media-under-loss
-    // test above does not depend on it.
+    // Documents why the suite impairs media in userspace; the media-under-loss tests do not
+    // depend on it.
     match netem_available() {
-        Ok(()) => eprintln!("netem available"),
+        Ok(()) => eprintln!("netem available (the tests still impair in userspace)"),
         Err(why) => eprintln!(
-            "netem unavailable: {why}; impairments are applied to the replayed RTP instead"
+            "netem unavailable: {why}; impairments are applied to the replayed RTP and by the \
+             userspace relay of tests/common/impair.rs instead"
         ),
     }
 }

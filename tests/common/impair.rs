@@ -216,9 +216,10 @@ impl Lane {
 /// One relayed port: receives both directions on its socket and hands datagrams to the
 /// scheduler with their impairment decided.
 fn receive(socket: usize, sock: &UdpSocket, daemon: SocketAddr, imp: Impairment, shared: &Shared) {
-    let lane_seed = |dir: u64| {
-        imp.seed ^ (u64::from(daemon.port()) << 8) ^ dir.wrapping_mul(0x51ed_270b_2705_4e35)
-    };
+    // By position in the range, not port number: the same seed decides the same way whichever
+    // free ports a run gets.
+    let lane_seed =
+        |dir: u64| imp.seed ^ ((socket as u64) << 8) ^ dir.wrapping_mul(0x51ed_270b_2705_4e35);
     let mut lanes = [Lane::new(lane_seed(0)), Lane::new(lane_seed(1))];
     let mut phone: Option<SocketAddr> = None;
     let mut buf = vec![0u8; 65_536];
