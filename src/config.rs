@@ -247,6 +247,10 @@ pub struct RtpConfig {
     /// Codecs we accept, in our order of preference for offers we make: "pcmu", "pcma", "opus".
     pub codecs: Vec<String>,
     pub jitter_ms: u64,
+    /// IP written in our SDP `c=` lines when media is reached on another address than SIP
+    /// (NAT, a media relay), like Asterisk's `external_media_address`; defaults to the SIP
+    /// public address.
+    pub public_ip: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,6 +310,7 @@ impl Default for RtpConfig {
             port_max: 29999,
             codecs: vec!["pcmu".into(), "pcma".into(), "opus".into()],
             jitter_ms: 60,
+            public_ip: None,
         }
     }
 }
@@ -443,6 +448,18 @@ impl Config {
             return fail(
                 "jitter_ms",
                 format!("rtp.jitter_ms = {} must be 20..=1000", self.rtp.jitter_ms),
+            );
+        }
+        if let Some(ip) = self
+            .rtp
+            .public_ip
+            .filter(|ip| ip.is_unspecified() || ip.is_multicast())
+        {
+            return fail(
+                "public_ip",
+                format!(
+                    "rtp.public_ip = '{ip}': callers send media to this address, so it must be one specific unicast IP (e.g. the NAT's public address), not a wildcard or multicast address"
+                ),
             );
         }
         if self.ivr.answer_after_ms > 60_000 {
@@ -726,9 +743,12 @@ impl Config {
         self.sip.public_addr.unwrap_or(self.sip.listen)
     }
 
-    /// The IP written into SDP; an unspecified listen address cannot be advertised.
+    /// The IP written into SDP: `[rtp] public_ip`, else the SIP public address (an unspecified
+    /// listen address cannot be advertised).
     pub fn media_ip(&self) -> IpAddr {
-        self.public_addr().ip()
+        self.rtp
+            .public_ip
+            .unwrap_or_else(|| self.public_addr().ip())
     }
 
     pub fn storage_url(&self) -> String {
@@ -859,6 +879,31 @@ mod tests {
         let text = "[rtp]\ncodecs = [\"pcmu\", \"g729\"]\n";
         let err = Config::parse(Path::new("w.toml"), text).unwrap_err();
         assert!(err.to_string().contains("g729"), "{err}");
+    }
+
+    #[test]
+    fn rtp_public_ip_goes_into_sdp_and_must_be_specific() {
+        let text = "[sip]\nlisten = \"10.0.0.5:5060\"\npublic_addr = \"198.51.100.7:5060\"\n";
+        let cfg = Config::parse(Path::new("w.toml"), text).unwrap();
+        assert_eq!(cfg.media_ip(), "198.51.100.7".parse::<IpAddr>().unwrap());
+        let cfg = Config::parse(
+            Path::new("w.toml"),
+            &format!("{text}[rtp]\npublic_ip = \"203.0.113.9\"\n"),
+        )
+        .unwrap();
+        assert_eq!(cfg.media_ip(), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(cfg.public_addr(), "198.51.100.7:5060".parse().unwrap());
+        for bad in ["0.0.0.0", "::", "239.1.2.3"] {
+            let text = format!("[rtp]\nport_min = 20000\npublic_ip = \"{bad}\"\n");
+            let err = Config::parse(Path::new("w.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("w.toml:3:1:") && err.contains(bad), "{err}");
+        }
+        let err = Config::parse(Path::new("w.toml"), "[rtp]\npublic_ip = \"host\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("w.toml:2:"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::impair as relay;
 use common::*;
 use serde_json::Value;
 
@@ -352,12 +353,13 @@ fn netem_available() -> Result<(), String> {
 
 #[test]
 fn netem_availability_is_reported() {
-    // Documents which impairment path the suite uses on this machine; the media-under-loss
-    // test above does not depend on it.
+    // Documents why the suite impairs media in userspace; the media-under-loss tests do not
+    // depend on it.
     match netem_available() {
-        Ok(()) => eprintln!("netem available"),
+        Ok(()) => eprintln!("netem available (the tests still impair in userspace)"),
         Err(why) => eprintln!(
-            "netem unavailable: {why}; impairments are applied to the replayed RTP instead"
+            "netem unavailable: {why}; impairments are applied to the replayed RTP and by the \
+             userspace relay of tests/common/impair.rs instead"
         ),
     }
 }
@@ -651,4 +653,228 @@ fn invite_flood_from_one_source_does_not_starve_another() {
         "the flooding source was not throttled: {} of 4500 calls completed",
         flood.successful
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live impaired media: a real phone, both directions through a seeded userspace netem
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `n` numbered datagrams 10 ms apart from a "phone" through the relay to a "daemon" that
+/// echoes each one; what each end observes must agree with the relay's counts.
+#[test]
+fn impairment_relay_loses_delays_and_reorders_both_ways() {
+    let (port, _) = free_rtp_range(2);
+    let daemon = UdpSocket::bind((LOOPBACK, port)).expect("bind daemon side");
+    daemon
+        .set_read_timeout(Some(Duration::from_millis(600)))
+        .expect("timeout");
+    let mut net = relay::Impairment::netem_like(42).start(relay::RELAY_IP, LOOPBACK, (port, port));
+    // Out-of-order arrivals as a receiver sees them: numbers below the highest seen so far.
+    let late = |seen: &[u64]| {
+        let mut max = 0;
+        seen.iter()
+            .filter(|&&n| {
+                let late = n < max;
+                max = max.max(n);
+                late
+            })
+            .count() as u64
+    };
+    let echo = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = daemon.recv_from(&mut buf) {
+            if let Some(b) = buf.get(..n).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                got.push(u64::from_be_bytes(b));
+                let _ = daemon.send_to(&b, from);
+            }
+        }
+        got
+    });
+    let phone = UdpSocket::bind((LOOPBACK, 0)).expect("bind phone side");
+    phone
+        .set_read_timeout(Some(Duration::from_millis(2)))
+        .expect("timeout");
+    let to = SocketAddr::from((relay::RELAY_IP, port));
+    let (n, mut heard, mut buf) = (300u64, Vec::new(), [0u8; 64]);
+    let start = Instant::now();
+    for i in 0..n {
+        phone.send_to(&i.to_be_bytes(), to).expect("send");
+        let next = start + Duration::from_millis(10 * (i + 1));
+        while Instant::now() < next {
+            if let Ok(8) = phone.recv(&mut buf) {
+                heard.push(u64::from_be_bytes(buf[..8].try_into().expect("8 bytes")));
+            }
+        }
+    }
+    let tail = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < tail {
+        if let Ok(8) = phone.recv(&mut buf) {
+            heard.push(u64::from_be_bytes(buf[..8].try_into().expect("8 bytes")));
+        }
+    }
+    let (up, down) = net.stop();
+    let echoed = echo.join().expect("echo thread");
+    assert_eq!(up.received, n, "{up:?}");
+    assert_eq!(up.forwarded + up.dropped, n, "{up:?}");
+    assert_eq!(echoed.len() as u64, up.forwarded, "{up:?}");
+    assert_eq!(down.received, up.forwarded, "{down:?}");
+    assert_eq!(down.forwarded + down.dropped, down.received, "{down:?}");
+    assert_eq!(heard.len() as u64, down.forwarded, "{down:?}");
+    for s in [up, down] {
+        // 5 % of ~300: the seed makes it exact, the bounds say what it means.
+        assert!(s.dropped > 3 && s.dropped < 30, "{s:?}");
+        assert!(s.swapped > 0 && s.reordered >= s.swapped, "{s:?}");
+    }
+    assert_eq!(
+        late(&echoed),
+        up.reordered,
+        "the daemon side saw the relay's reordering"
+    );
+    // The phone's view mixes both directions' reordering, so only a lower bound holds.
+    assert!(late(&heard) > 0, "the phone saw reordering");
+}
+
+/// A daemon advertising the relay as its media address (`[rtp] public_ip`), and the relay.
+fn daemon_behind_impaired_path(opts: DaemonOpts, seed: u64) -> (Daemon, relay::Relay) {
+    let d = Daemon::start_behind_relay(DaemonOpts {
+        rtp_ports: 10,
+        ..opts
+    });
+    let net = relay::Impairment::netem_like(seed).start(relay::RELAY_IP, LOOPBACK, d.rtp_range);
+    (d, net)
+}
+
+/// Both directions were impaired, and the daemon's own counters saw the uplink's loss.
+fn assert_impaired_both_ways(net: &mut relay::Relay, cdr: &Value) {
+    let (up, down) = net.stop();
+    for (name, s) in [("uplink", up), ("downlink", down)] {
+        assert!(s.forwarded > 200, "{name} carried the call: {s:?}");
+        assert!(s.dropped > 0, "{name} lost packets: {s:?}");
+        assert!(s.reordered > 0, "{name} reordered packets: {s:?}");
+    }
+    let stats: Value =
+        serde_json::from_str(cdr["rtp_stats"].as_str().unwrap_or("{}")).unwrap_or(Value::Null);
+    eprintln!("daemon rtp_stats: {stats}");
+    assert!(
+        stats["received"].as_u64().unwrap_or(0) > 200 && stats["lost"].as_u64().unwrap_or(0) > 0,
+        "the daemon received the impaired uplink: {stats}"
+    );
+}
+
+/// baresip presses 1 (balance) and 9 (opt out) in the demo bank's menu with RFC 4733 events;
+/// its media and the prompts both cross 5 % loss, 0–30 ms jitter and 5 % swaps.
+#[test]
+fn baresip_dtmf_menu_through_live_loss_jitter_and_reordering() {
+    let (d, mut net) = daemon_behind_impaired_path(DaemonOpts::default(), 0x5eed);
+    let mut phone = Baresip::start_in(BaresipOpts::default(), Some(&d.run_dir("baresip")));
+    phone.dial(&format!("sip:1000@{}", d.sip_addr));
+    let est = phone.expect_event("CALL_ESTABLISHED", EVENT_WAIT);
+    let call_id = est["id"].as_str().expect("Call-ID").to_string();
+    std::thread::sleep(Duration::from_secs(4));
+    phone.send_digit('1');
+    // The balance answer (4.8 s), then the main menu again.
+    std::thread::sleep(Duration::from_secs(7));
+    phone.send_digit('9');
+    // Opt-out confirmation and goodbye, then the daemon hangs up.
+    if phone.wait_event("CALL_CLOSED", EVENT_WAIT).is_none() {
+        phone.hangup();
+        phone.expect_event("CALL_CLOSED", EVENT_WAIT);
+    }
+    phone.stop();
+    let cdr = d.wait_cdr(&call_id, CDR_WAIT);
+    assert_eq!(field(&cdr, "digits"), "19", "each key once: {cdr}");
+    assert_eq!(strings(&cdr["path"]), ["greeting", "main", "main"], "{cdr}");
+    assert_eq!(field(&cdr, "outcome"), "opted-out", "{cdr}");
+    assert_impaired_both_ways(&mut net, &cdr);
+    let heard = phone.heard_wav().expect("baresip recorded what it heard");
+    let speech = wav_active_seconds(&heard, 0.01).expect("readable recording");
+    eprintln!("heard {speech:.1} s of prompt audio through the impaired downlink");
+    assert!(
+        speech > 6.0,
+        "greeting, menu and balance reach the phone through the impaired downlink: {speech:.1} s"
+    );
+}
+
+/// baresip says "보험 가입" (tests/data/ko-bank.toml, main menu option 1) over the menu prompt;
+/// the recogniser picks the option although both directions are impaired.
+#[test]
+fn baresip_speech_menu_through_live_loss_jitter_and_reordering() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = repo.join(".cache/speech/models/vosk-model-small-ko");
+    assert!(
+        model.join("am/final.mdl").is_file(),
+        "needs the Vosk model at {}: run scripts/setup-vosk.sh",
+        model.display()
+    );
+    let (d, mut net) = daemon_behind_impaired_path(
+        DaemonOpts {
+            dialplan: "ko-bank".into(),
+            dialplans_dir: repo.join("tests/data"),
+            extra_toml: format!(
+                "[speech]\nmodels = {{ ko = {} }}\nvoices = {{}}\n",
+                Value::String(model.display().to_string())
+            ),
+            ready_timeout: Duration::from_secs(60),
+            ..DaemonOpts::default()
+        },
+        0xc0ffee,
+    );
+    let dir = d.run_dir("say");
+    let raw = dir.join("raw.wav");
+    let wav = dir.join("caller.wav");
+    require_tool("espeak-ng");
+    require_tool("sox");
+    // 2.5 s into the call (over the menu prompt), then 6 s of silence: baresip's aufile source
+    // ends the call when the file ends.
+    let ok = Command::new("espeak-ng")
+        .args(["-v", "ko", "-s", "160", "-w"])
+        .arg(&raw)
+        .args(["--", "보험 가입"])
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("sox")
+            .arg("-D")
+            .arg(&raw)
+            .args(["-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer"])
+            .arg(&wav)
+            .args(["pad", "2.5", "6"])
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(ok, "cannot make the caller's speech");
+    let mut phone = Baresip::start_in(
+        BaresipOpts {
+            audio_source: Some(wav),
+            ..BaresipOpts::default()
+        },
+        Some(&d.run_dir("baresip")),
+    );
+    phone.dial(&format!("sip:1000@{}", d.sip_addr));
+    let est = phone.expect_event("CALL_ESTABLISHED", EVENT_WAIT);
+    let call_id = est["id"].as_str().expect("Call-ID").to_string();
+    if phone
+        .wait_event("CALL_CLOSED", Duration::from_secs(12))
+        .is_none()
+    {
+        phone.hangup();
+        phone.expect_event("CALL_CLOSED", EVENT_WAIT);
+    }
+    phone.stop();
+    let cdr = d.wait_cdr(&call_id, CDR_WAIT);
+    let said: Vec<Value> = cdr["transcripts"]
+        .as_str()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default();
+    eprintln!("transcripts {said:?}, path {}", cdr["path"]);
+    assert!(
+        said.iter().any(|t| t["matched"] == "main:1"),
+        "transcripts {said:?}, path {}\n{}",
+        cdr["path"],
+        d.log_tail(40)
+    );
+    assert_impaired_both_ways(&mut net, &cdr);
+    let heard = phone.heard_wav().expect("baresip recorded what it heard");
+    let speech = wav_active_seconds(&heard, 0.01).expect("readable recording");
+    eprintln!("heard {speech:.1} s of prompt audio through the impaired downlink");
+    assert!(speech > 2.0, "prompts reach the phone: {speech:.1} s");
 }

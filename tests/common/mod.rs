@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod impair;
+
 pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// How often polling loops look again.
 const POLL: Duration = Duration::from_millis(100);
