@@ -737,8 +737,12 @@ fn impairment_relay_loses_delays_and_reorders_both_ways() {
 
 /// A daemon advertising the relay as its media address (`[rtp] public_ip`), and the relay.
 fn daemon_behind_impaired_path(opts: DaemonOpts, seed: u64) -> (Daemon, relay::Relay) {
-    let d = Daemon::start_behind_relay(DaemonOpts {
+    let d = Daemon::start(DaemonOpts {
         rtp_ports: 10,
+        rtp_toml: format!(
+            "public_ip = \"{}\"\n",
+            std::net::IpAddr::from(relay::RELAY_IP)
+        ),
         ..opts
     });
     let net = relay::Impairment::netem_like(seed).start(relay::RELAY_IP, LOOPBACK, d.rtp_range);

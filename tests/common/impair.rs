@@ -2,7 +2,7 @@
 //! daemon, in userspace: the kernels we develop and run CI on have no `sch_netem`
 //! (`tc qdisc add … netem` → "Specified qdisc kind is unknown"), see docs/security.md.
 //!
-//! The daemon advertises `[rtp] public_ip = "127.0.0.2"` ([`Daemon::start_behind_relay`]) while
+//! The daemon advertises `[rtp] public_ip = "127.0.0.2"` (`DaemonOpts::rtp_toml`) while
 //! its RTP sockets stay on 127.0.0.1. [`Impairment::start`] listens on 127.0.0.2:P for every P of
 //! the daemon's RTP range (RTP and RTCP ports), so the phone sends there; each datagram goes on
 //! to 127.0.0.1:P from that same socket, so symmetric RTP makes the daemon answer the relay, and
@@ -12,13 +12,11 @@
 //! delays differ by more than that), and explicit adjacent swaps (a packet is held back and
 //! leaves right after its successor).
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-
-use super::{config_toml, new_tempdir, spawn_serve, Daemon, DaemonOpts, LOOPBACK};
 
 /// The address the relay listens on (and the daemon advertises in SDP).
 pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -365,40 +363,5 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-impl Daemon {
-    /// Like [`Daemon::start`], with `[rtp] public_ip = RELAY_IP` in the generated `[rtp]` table
-    /// (which `extra_toml` cannot reopen): the daemon's SDP sends callers to the relay.
-    pub fn start_behind_relay(opts: DaemonOpts) -> Daemon {
-        let dir = new_tempdir("warmline-test-");
-        let sip_addr = SocketAddr::from((LOOPBACK, super::free_port()));
-        let rtp_range = super::free_rtp_range(opts.rtp_ports);
-        let state_dir = dir.path().join("state");
-        std::fs::create_dir_all(&state_dir).unwrap_or_else(|e| panic!("mkdir state: {e}"));
-        let config_path = dir.path().join("warmline.toml");
-        let text = config_toml(&opts, sip_addr, rtp_range, &state_dir).replacen(
-            "[rtp]\n",
-            &format!("[rtp]\npublic_ip = \"{}\"\n", IpAddr::from(RELAY_IP)),
-            1,
-        );
-        std::fs::write(&config_path, text)
-            .unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
-        let log_path = dir.path().join("warmline.log");
-        let child = spawn_serve(&opts, &config_path, &log_path, dir.path());
-        let mut daemon = Daemon {
-            sip_addr,
-            rtp_range,
-            config_path,
-            log_path,
-            state_dir,
-            child: Some(child),
-            runs: std::sync::atomic::AtomicU32::new(0),
-            dir,
-            opts: opts.clone(),
-        };
-        daemon.wait_ready(opts.ready_timeout);
-        daemon
     }
 }

@@ -228,6 +228,8 @@ pub struct DaemonOpts {
     pub prompts_dir: PathBuf,
     /// Appended verbatim to the generated warmline.toml (extra sections such as `[dialer]`).
     pub extra_toml: String,
+    /// Extra lines for the generated `[rtp]` table (which `extra_toml` cannot reopen).
+    pub rtp_toml: String,
     /// `RUST_LOG` for the daemon.
     pub rust_log: String,
     /// Extra environment variables for the daemon.
@@ -248,6 +250,7 @@ impl Default for DaemonOpts {
             dialplans_dir: repo.join("dialplans"),
             prompts_dir: repo.join("voice-prompts"),
             extra_toml: String::new(),
+            rtp_toml: String::new(),
             rust_log: "info,warmline=debug".into(),
             env: Vec::new(),
             rtp_ports: 100,
@@ -266,7 +269,11 @@ pub fn config_toml(
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "[sip]\nlisten = \"{sip}\"\n");
-    let _ = writeln!(s, "[rtp]\nport_min = {}\nport_max = {}\n", rtp.0, rtp.1);
+    let _ = writeln!(
+        s,
+        "[rtp]\nport_min = {}\nport_max = {}\n{}",
+        rtp.0, rtp.1, opts.rtp_toml
+    );
     let _ = writeln!(
         s,
         "[paths]\nstate_dir = {}\ndialplans = {}\nprompts = {}\n",
