@@ -372,6 +372,7 @@ impl Config {
         .chain(cfg.customers.csv.as_mut())
         .chain(cfg.sip.tls.cert.as_mut())
         .chain(cfg.sip.tls.key.as_mut())
+        .chain(cfg.sip.tls.ca.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
