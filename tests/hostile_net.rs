@@ -122,6 +122,7 @@ fn appliance_hangs_up_a_tls_call_over_the_callers_connection() {
     assert_eq!(field(&cdr, "digits"), "9", "{cdr}");
     assert_eq!(field(&cdr, "outcome"), "opted-out", "{cdr}");
     assert_eq!(field(&cdr, "hangup_side"), "warmline", "{cdr}");
+    assert_eq!(field(&cdr, "transport"), "tls", "{cdr}");
     // baresip 1.0.0's words for a call the far end ended with BYE.
     assert_eq!(closed["param"], "Connection reset by peer", "{closed}");
     // baresip got our BYE: a BYE whose top Via is our TLS address (baresip's own would name
