@@ -136,7 +136,7 @@ impl Default for SpeechConfig {
 pub struct TrunkConfig {
     /// `host:port` of the trunk; a host name is resolved at start.
     pub address: String,
-    /// "udp" or "tcp".
+    /// "udp", "tcp" or "tls" (needs `[sip.tls] listen`).
     pub transport: String,
     /// Host part of the Request-URI and To (`sip:+15551230001@<domain>`); defaults to `address`.
     pub domain: Option<String>,
@@ -180,7 +180,7 @@ impl Default for TrunkConfig {
 pub struct Trunk {
     pub name: String,
     pub address: SocketAddr,
-    pub tcp: bool,
+    pub transport: crate::sip::endpoint::Transport,
     pub domain: String,
     pub credentials: Option<(String, String)>,
     pub register: Option<std::time::Duration>,
@@ -377,6 +377,7 @@ impl Config {
         .chain(cfg.customers.csv.as_mut())
         .chain(cfg.sip.tls.cert.as_mut())
         .chain(cfg.sip.tls.key.as_mut())
+        .chain(cfg.sip.tls.ca.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -587,13 +588,17 @@ impl Config {
                     format!("{} = '{}' resolves to nothing", at("address"), t.address),
                 )
             })?;
-        let tcp = match t.transport.as_str() {
-            "udp" => false,
-            "tcp" => true,
+        let transport = match t.transport.as_str() {
+            "udp" => crate::sip::endpoint::Transport::Udp,
+            "tcp" => crate::sip::endpoint::Transport::Tcp,
+            "tls" => crate::sip::endpoint::Transport::Tls,
             other => {
                 return Err((
                     "transport",
-                    format!("{} = '{other}': use \"udp\" or \"tcp\"", at("transport")),
+                    format!(
+                        "{} = '{other}': use \"udp\", \"tcp\" or \"tls\"",
+                        at("transport")
+                    ),
                 ))
             }
         };
@@ -698,7 +703,7 @@ impl Config {
         Ok(Trunk {
             name: name.to_string(),
             address,
-            tcp,
+            transport,
             domain: t.domain.clone().unwrap_or_else(|| t.address.clone()),
             credentials,
             register,
@@ -930,6 +935,13 @@ mod tests {
         assert_eq!(t.credentials, Some(("u".into(), "p".into())));
         assert_eq!(t.ring_timeout, std::time::Duration::from_secs(20));
         assert_eq!(t.domain, "127.0.0.1:5070");
+        assert_eq!(t.transport, crate::sip::endpoint::Transport::Udp);
+        let tls = "[trunks.main]\naddress = \"127.0.0.1:5071\"\ntransport = \"tls\"\n";
+        let tls = Config::parse(Path::new("w.toml"), tls).unwrap();
+        assert_eq!(
+            tls.trunk("main").unwrap().transport,
+            crate::sip::endpoint::Transport::Tls
+        );
         let err = cfg.trunk("backup").unwrap_err().1;
         assert!(
             err.contains("[trunks.backup]") && err.contains("main"),

@@ -90,6 +90,66 @@ fn baresip_calls_over_tls_and_presses_a_key() {
     );
 }
 
+/// The appliance hangs up a TLS call (menu option 9: opt out, goodbye, hang up): its BYE must
+/// reach baresip over the TLS connection baresip opened. baresip's Contact names its own TLS
+/// port, where it has no certificate, so a BYE sent to the Contact (over TLS or, as before,
+/// plain TCP) could not arrive; the daemon must open no connection at all.
+#[test]
+fn appliance_hangs_up_a_tls_call_over_the_callers_connection() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = write_test_certificate(certs.path());
+    let tls_addr = SocketAddr::from((LOOPBACK, free_port()));
+    let d = Daemon::start(DaemonOpts {
+        extra_toml: tls_toml(tls_addr, &cert, &key),
+        ..DaemonOpts::default()
+    });
+    let mut phone = Baresip::start_in(
+        BaresipOpts {
+            extra_config: format!("sip_cafile\t\t{}\n", cert.display()),
+            sip_trace: true,
+            ..BaresipOpts::default()
+        },
+        Some(&d.run_dir("baresip")),
+    );
+    phone.dial(&format!("sip:1000@{tls_addr};transport=tls"));
+    let est = phone.expect_event("CALL_ESTABLISHED", EVENT_WAIT);
+    let call_id = est["id"].as_str().expect("Call-ID").to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    phone.send_digit('9');
+    let closed = phone.expect_event("CALL_CLOSED", EVENT_WAIT);
+    let log = phone.log();
+    phone.stop();
+    let cdr = d.wait_cdr(&call_id, CDR_WAIT);
+    assert_eq!(field(&cdr, "digits"), "9", "{cdr}");
+    assert_eq!(field(&cdr, "outcome"), "opted-out", "{cdr}");
+    assert_eq!(field(&cdr, "hangup_side"), "warmline", "{cdr}");
+    assert_eq!(field(&cdr, "transport"), "tls", "{cdr}");
+    // baresip 1.0.0's words for a call the far end ended with BYE.
+    assert_eq!(closed["param"], "Connection reset by peer", "{closed}");
+    // baresip got our BYE: a BYE whose top Via is our TLS address (baresip's own would name
+    // baresip), received over the connection baresip opened.
+    let lines: Vec<&str> = log.lines().collect();
+    let our_via = format!("Via: SIP/2.0/TLS {tls_addr};");
+    let got_bye = lines.iter().enumerate().any(|(i, l)| {
+        l.starts_with("BYE sip:")
+            && lines
+                .iter()
+                .skip(i)
+                .take(12)
+                .any(|h| h.starts_with(&our_via))
+    });
+    assert!(got_bye, "baresip never received our BYE ({closed}):\n{log}");
+    assert!(
+        log.contains(&format!("sip:warmline@{tls_addr};transport=tls")),
+        "our Contact names the TLS address:\n{log}"
+    );
+    let daemon = d.log();
+    assert!(
+        !daemon.contains("opening a stream connection"),
+        "the daemon opened a connection to baresip instead of reusing baresip's:\n{daemon}"
+    );
+}
+
 #[test]
 fn unusable_tls_files_stop_serve_with_the_file_named() {
     let dir = tempfile::tempdir().expect("tempdir");

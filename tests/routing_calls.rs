@@ -788,3 +788,91 @@ fn agent_with_a_wrong_password_is_not_registered() {
         d.log_tail(30)
     );
 }
+
+/// dave's phone is reached over TLS (`address = "sips:dave@…"`): warmline opens a TLS
+/// connection to it, checks its certificate against `[sip.tls] ca`, and the whole agent leg
+/// (INVITE, ACK, our BYE) uses that one connection.
+#[test]
+fn agent_with_a_sips_address_is_called_over_tls_and_its_certificate_checked() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let write_identity = |name: &str| {
+        let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("rcgen");
+        let (cert, key) = (c.cert.pem(), c.signing_key.serialize_pem());
+        let (cp, kp) = (
+            work.path().join(format!("{name}-cert.pem")),
+            work.path().join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&cp, &cert).expect("write cert");
+        std::fs::write(&kp, &key).expect("write key");
+        // baresip reads its certificate and key from one file.
+        let both = work.path().join(format!("{name}.pem"));
+        std::fs::write(&both, format!("{cert}{key}")).expect("write pem");
+        (cp, kp, both)
+    };
+    let (phone_cert, _, phone_pem) = write_identity("dave");
+    let (our_cert, our_key, _) = write_identity("warmline");
+    let dir = work.path().join("dave");
+    std::fs::create_dir_all(&dir).expect("agent phone folder");
+    let mut dave = Baresip::start_in(
+        BaresipOpts {
+            user: "dave".into(),
+            audio_source: Some(tone_wav(&dir.join("mic.wav"), AGENT_HZ, 120.0)),
+            auto_answer: true,
+            sip_trace: true,
+            extra_config: format!("sip_certificate\t{}\n", phone_pem.display()),
+            ..BaresipOpts::default()
+        },
+        Some(&dir),
+    );
+    // baresip listens for TLS one port above its UDP/TCP port.
+    let phone_tls = std::net::SocketAddr::new(dave.sip_addr.ip(), dave.sip_addr.port() + 1);
+    let tls_listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let d = start_daemon(
+        "[queues.agents]\nwrap_up_s = 0\n",
+        &[format!(
+            "[agents.dave]\naddress = \"sips:dave@{phone_tls}\"\nqueues = [\"agents\"]\n"
+        )],
+        &format!(
+            "[sip.tls]\nlisten = \"{tls_listen}\"\ncert = {}\nkey = {}\nca = {}\n",
+            toml_path(&our_cert),
+            toml_path(&our_key),
+            toml_path(&phone_cert)
+        ),
+        Vec::new(),
+    );
+    let number = unknown(77);
+    let mut caller = caller_phone(&d, &number, None);
+    let call_id = call_and_press(&mut caller, &d, Duration::from_secs(1), Some('0'));
+    let est = dave.expect_event("CALL_ESTABLISHED", EVENT_WAIT);
+    assert!(peer(&est).contains(&number), "{est}");
+    sleep(Duration::from_secs(3));
+    caller.hangup();
+    caller.expect_event("CALL_CLOSED", EVENT_WAIT);
+    let closed = dave.expect_event("CALL_CLOSED", EVENT_WAIT);
+    assert_eq!(
+        closed["param"], "Connection reset by peer",
+        "our BYE: {closed}"
+    );
+    caller.stop();
+    let heard = heard_tone_seconds(&caller, AGENT_HZ);
+    assert!(heard >= 1.5, "the caller heard dave only {heard:.1} s");
+    let cdr = d.wait_cdr(&call_id, EVENT_WAIT);
+    assert_eq!(cdr["outcome"], "agent", "{cdr}");
+    assert_eq!(routing(&cdr)["agent"], "dave", "{cdr}");
+
+    let log = dave.log();
+    assert!(
+        log.contains(&format!("INVITE sips:dave@{phone_tls} SIP/2.0")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("Via: SIP/2.0/TLS {tls_listen};")),
+        "our requests name our TLS address: {log}"
+    );
+    let daemon = d.log();
+    assert_eq!(
+        daemon.matches("opening a stream connection").count(),
+        1,
+        "one TLS connection for INVITE, ACK and BYE:\n{daemon}"
+    );
+}

@@ -32,18 +32,35 @@ impl AgentTarget {
     /// A static contact: a SIP URI (`sip:user@host:port`) or `host:port`. Host names are
     /// resolved once here, when the agent is offered a call.
     pub async fn resolve_static(contact: &str) -> Result<AgentTarget, String> {
-        let rest = contact
-            .strip_prefix("sip:")
-            .or_else(|| contact.strip_prefix("SIP:"))
-            .unwrap_or(contact);
+        let lower = contact.get(..5).unwrap_or_default().to_ascii_lowercase();
+        let (sips, rest) = if lower == "sips:" {
+            (true, contact.get(5..).unwrap_or_default())
+        } else if lower.starts_with("sip:") {
+            (false, contact.get(4..).unwrap_or_default())
+        } else {
+            (false, contact)
+        };
         let (user, hostport) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
             None => (None, rest),
         };
-        // Parameters (";transport=tcp") follow the host part.
+        // Parameters (";transport=tcp") follow the host part; sips: means TLS (RFC 3261 26.2).
         let mut parts = hostport.split(';');
         let hostport = parts.next().unwrap_or_default();
-        let tcp = parts.any(|p| p.eq_ignore_ascii_case("transport=tcp"));
+        let params: Vec<&str> = parts.collect();
+        let has = |v: &str| params.iter().any(|p| p.eq_ignore_ascii_case(v));
+        let transport = if sips || has("transport=tls") {
+            Transport::Tls
+        } else if has("transport=tcp") {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
+        let default_port = if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        };
         // "[::1]" has a ':' but no port; "[::1]:5062" and "host:5062" have one.
         let with_port = if hostport
             .rsplit_once(':')
@@ -51,21 +68,22 @@ impl AgentTarget {
         {
             hostport.to_string()
         } else {
-            format!("{hostport}:5060")
+            format!("{hostport}:{default_port}")
         };
         let destination = tokio::net::lookup_host(with_port.as_str())
             .await
             .map_err(|e| format!("agent contact '{contact}': cannot resolve {with_port}: {e}"))?
             .next()
             .ok_or_else(|| format!("agent contact '{contact}': {with_port} has no address"))?;
+        let scheme = if sips { "sips" } else { "sip" };
         let request_uri = match user {
-            Some(u) => format!("sip:{u}@{destination}"),
-            None => format!("sip:{destination}"),
+            Some(u) => format!("{scheme}:{u}@{destination}"),
+            None => format!("{scheme}:{destination}"),
         };
         Ok(AgentTarget {
             request_uri,
             destination,
-            transport: if tcp { Transport::Tcp } else { Transport::Udp },
+            transport,
         })
     }
 }
@@ -455,6 +473,18 @@ mod tests {
             .await
             .expect("tcp");
         assert_eq!(t.transport, Transport::Tcp);
+        // sips: (RFC 3261 26.2) and ;transport=tls both mean TLS; sips: defaults to 5061.
+        let t = AgentTarget::resolve_static("sips:carol@127.0.0.1")
+            .await
+            .expect("sips");
+        assert_eq!(t.transport, Transport::Tls);
+        assert_eq!(t.destination.port(), 5061);
+        assert_eq!(t.request_uri, "sips:carol@127.0.0.1:5061");
+        let t = AgentTarget::resolve_static("SIP:dan@127.0.0.1:5063;transport=TLS")
+            .await
+            .expect("transport=tls");
+        assert_eq!(t.transport, Transport::Tls);
+        assert_eq!(t.request_uri, "sip:dan@127.0.0.1:5063");
         assert!(
             AgentTarget::resolve_static("sip:x@no-such-host.invalid:5060")
                 .await

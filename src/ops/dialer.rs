@@ -171,11 +171,7 @@ impl Dialer {
             let Some(expires) = trunk.register else {
                 continue;
             };
-            let transport = if trunk.tcp {
-                crate::sip::endpoint::Transport::Tcp
-            } else {
-                crate::sip::endpoint::Transport::Udp
-            };
+            let transport = trunk.transport;
             let user = trunk
                 .credentials
                 .as_ref()
@@ -769,7 +765,7 @@ mod tests {
             trunk: Arc::new(Trunk {
                 name: "main".into(),
                 address: "127.0.0.1:5070".parse().unwrap(),
-                tcp: false,
+                transport: crate::sip::endpoint::Transport::Udp,
                 domain: "127.0.0.1:5070".into(),
                 credentials: None,
                 register: None,

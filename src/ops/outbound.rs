@@ -15,7 +15,7 @@ use crate::media::amd::{AmdConfig, AmdDecision, AmdDetector, BeepWaiter};
 use crate::media::codec::FRAME_SAMPLES;
 use crate::media::prompt::Player;
 use crate::media::session::MediaEvent;
-use crate::sip::endpoint::{CallHandle, Credentials, OutboundCall, Transport};
+use crate::sip::endpoint::{CallHandle, Credentials, OutboundCall};
 use crate::sip::sdp;
 
 use super::call::{CallContext, CallMedia};
@@ -144,11 +144,7 @@ impl OutboundCallTask {
             call_id: Some(self.call_id.clone()),
             request_uri: format!("sip:{}@{host}", req.phone),
             destination: trunk.address,
-            transport: if trunk.tcp {
-                Transport::Tcp
-            } else {
-                Transport::Udp
-            },
+            transport: trunk.transport,
             from_uri: format!("sip:{}@{}", req.caller_id, public),
             from_display: None,
             to_uri: format!("sip:{}@{host}", req.phone),

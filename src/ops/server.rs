@@ -299,8 +299,13 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Serv
             super::metrics::log_periodically(Duration::from_secs(10), &ctx.active).await
         });
     }
+    // TLS first: its bound port goes into the Contact of calls that come over TLS.
+    let tls = super::transport::bind_tls(&cfg.sip.tls).await?;
     let mut ep_cfg = EndpointConfig::new(cfg.public_addr());
     ep_cfg.user_agent = cfg.sip.user_agent.clone();
+    if let Some(t) = &tls {
+        ep_cfg.tls_public_addr = Some(tls_public_addr(&cfg, t.local_addr().ok()));
+    }
     let (guard, auth) = sip_security(&cfg)?;
     let guard_trunks: Vec<crate::sip::guard::Cidr> = guard
         .trunks
@@ -326,14 +331,21 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Serv
         draining: draining.clone(),
         registry: registry.clone(),
     });
-    let (server, listener) = SipServer::bind(cfg.sip.listen, endpoint, limits, spawner)
+    let (mut server, listener) = SipServer::bind(cfg.sip.listen, endpoint, limits, spawner)
         .await
         .map_err(|source| ServeError::Bind {
             addr: cfg.sip.listen,
             source,
         })?;
-    if let Some(tls) = super::transport::bind_tls(&cfg.sip.tls).await? {
-        tracing::info!(listen = ?cfg.sip.tls.listen, "SIP over TLS");
+    if let Some(tls) = tls {
+        tracing::info!(
+            listen = ?cfg.sip.tls.listen,
+            verify_peers = cfg.sip.tls.ca.is_some(),
+            "SIP over TLS"
+        );
+        if cfg.sip.tls.ca.is_none() {
+            tracing::warn!("[sip.tls] ca is unset: TLS connections we open are encrypted but the peer's certificate is not checked");
+        }
         server.serve_tls(tls);
     }
     if let Some(t) = acd_task {
@@ -580,6 +592,16 @@ impl StopSignals {
             else => std::future::pending().await,
         }
     }
+}
+
+/// Our TLS address for Via/Contact: `[sip.tls] public_addr`, else the public IP with the
+/// port the TLS listener got (`bound`, which is `listen` unless that asked for port 0).
+fn tls_public_addr(cfg: &Config, bound: Option<std::net::SocketAddr>) -> std::net::SocketAddr {
+    if let Some(a) = cfg.sip.tls.public_addr {
+        return a;
+    }
+    let port = bound.or(cfg.sip.tls.listen).map_or(5061, |a| a.port());
+    std::net::SocketAddr::new(cfg.public_addr().ip(), port)
 }
 
 /// The guard and digest settings: `[sip.guard]` and `[sip.auth]` plus what other sections

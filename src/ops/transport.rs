@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::sip::endpoint::{
     CallHandle, EndCause, Endpoint, Event, Limits, OutboundCall, RegHandle, Registration, Transmit,
@@ -130,11 +130,15 @@ pub fn sip_counters() -> super::metrics::SipCounters {
     }
 }
 
-/// Messages from TCP connection tasks to the SIP task.
+/// A stream connection as the endpoint names it: its transport (TCP or TLS) and the peer's
+/// address (the source of a connection the peer opened, the destination of one we opened).
+type ConnKey = (Transport, SocketAddr);
+
+/// Messages from TCP and TLS connection tasks to the SIP task.
 enum TcpMsg {
-    Opened(SocketAddr, mpsc::Sender<Vec<u8>>),
-    Message(SocketAddr, Vec<u8>),
-    Closed(SocketAddr),
+    Opened(ConnKey, mpsc::Sender<Vec<u8>>),
+    Message(ConnKey, Vec<u8>),
+    Closed(ConnKey),
 }
 
 /// Starts a call task for a new inbound call; returns the sender for its events, or a SIP status to
@@ -153,9 +157,12 @@ pub trait CallSpawner: Send + Sync + 'static {
 pub struct SipServer {
     endpoint: Endpoint,
     udp: Arc<UdpSocket>,
-    tcp_conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
-    /// Messages for TCP destinations we are still connecting to.
-    tcp_pending: HashMap<SocketAddr, Vec<Vec<u8>>>,
+    /// Open TCP and TLS connections.
+    tcp_conns: HashMap<ConnKey, mpsc::Sender<Vec<u8>>>,
+    /// Messages for TCP/TLS destinations we are still connecting to.
+    tcp_pending: HashMap<ConnKey, Vec<Vec<u8>>>,
+    /// Client side of TLS for connections we open (`[sip.tls]` set): `None` refuses them.
+    tls_connector: Option<TlsConnector>,
     tcp_tx: mpsc::Sender<TcpMsg>,
     tcp_rx: mpsc::Receiver<TcpMsg>,
     calls: HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>>,
@@ -184,6 +191,7 @@ impl SipServer {
                 udp: Arc::new(udp),
                 tcp_conns: HashMap::new(),
                 tcp_pending: HashMap::new(),
+                tls_connector: None,
                 tcp_tx,
                 tcp_rx,
                 calls: HashMap::new(),
@@ -365,24 +373,27 @@ impl SipServer {
 
     fn on_tcp(&mut self, msg: TcpMsg) {
         match msg {
-            TcpMsg::Opened(addr, tx) => {
-                if let Some(pending) = self.tcp_pending.remove(&addr) {
+            TcpMsg::Opened(key, tx) => {
+                if let Some(pending) = self.tcp_pending.remove(&key) {
                     for p in pending {
                         let _ = tx.try_send(p);
                     }
                 }
-                self.tcp_conns.insert(addr, tx);
+                self.tcp_conns.insert(key, tx);
             }
-            TcpMsg::Message(addr, data) => {
+            TcpMsg::Message((transport, addr), data) => {
                 self.endpoint
-                    .handle_input(Instant::now(), addr, Transport::Tcp, &data);
+                    .handle_input(Instant::now(), addr, transport, &data);
             }
-            TcpMsg::Closed(addr) => {
-                self.tcp_conns.remove(&addr);
-                if self.tcp_pending.remove(&addr).is_some() {
+            TcpMsg::Closed(key) => {
+                let (transport, addr) = key;
+                self.tcp_conns.remove(&key);
+                // Dialogs that reused it connect to their Contact from now on.
+                self.endpoint.connection_closed(addr, transport);
+                if self.tcp_pending.remove(&key).is_some() {
                     // Never connected: what waited for it (an outbound INVITE, a REGISTER) fails.
                     self.endpoint
-                        .transport_failed(addr, Transport::Tcp, Instant::now());
+                        .transport_failed(addr, transport, Instant::now());
                 }
             }
         }
@@ -533,17 +544,39 @@ impl SipServer {
                     tracing::debug!(dest = %t.destination, error = %e, "udp send failed");
                 }
             }
-            Transport::Tcp => {
-                if let Some(tx) = self.tcp_conns.get(&t.destination) {
+            Transport::Tcp | Transport::Tls => {
+                let key = (t.transport, t.destination);
+                if let Some(tx) = self.tcp_conns.get(&key) {
                     if tx.try_send(t.payload).is_err() {
-                        tracing::warn!(dest = %t.destination, "tcp connection backlogged; message dropped");
+                        tracing::warn!(dest = %t.destination, transport = ?t.transport, "stream connection backlogged or closing; message dropped");
                     }
                     return;
                 }
-                let pending = self.tcp_pending.entry(t.destination).or_default();
+                let pending = self.tcp_pending.entry(key).or_default();
                 pending.push(t.payload);
                 if pending.len() == 1 {
-                    tokio::spawn(connect(t.destination, self.tcp_tx.clone(), self.limits));
+                    let tls = match t.transport {
+                        Transport::Tls => match &self.tls_connector {
+                            Some(c) => Some(c.clone()),
+                            None => {
+                                tracing::warn!(dest = %t.destination, "SIP over TLS is off ([sip.tls] listen unset): cannot connect");
+                                self.tcp_pending.remove(&key);
+                                self.endpoint.transport_failed(
+                                    t.destination,
+                                    Transport::Tls,
+                                    Instant::now(),
+                                );
+                                return;
+                            }
+                        },
+                        _ => None,
+                    };
+                    tokio::spawn(connect(
+                        t.destination,
+                        tls,
+                        self.tcp_tx.clone(),
+                        self.limits,
+                    ));
                 }
             }
         }
@@ -556,21 +589,32 @@ impl SipServer {
 pub struct TlsConfig {
     /// Where to accept TLS connections, e.g. `"0.0.0.0:5061"`. Unset: no TLS.
     pub listen: Option<SocketAddr>,
+    /// The TLS address peers reach us at, written in Via and Contact of TLS calls (behind
+    /// NAT or with an unspecified `listen`); default: `[sip] public_addr`'s IP with the
+    /// `listen` port.
+    pub public_addr: Option<SocketAddr>,
     /// PEM certificate chain, leaf first.
     pub cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
     pub key: Option<PathBuf>,
     /// Longest a client may take to finish its TLS handshake, in seconds.
     pub handshake_timeout_s: u64,
+    /// PEM file of the CAs whose certificates we accept from peers we connect to over TLS
+    /// (a phone's Contact once its own connection is gone, a `sips:` agent). The
+    /// certificate must be issued for the peer's IP address. Unset: such connections are
+    /// encrypted but the peer is not authenticated (as Asterisk's `verify_server = no`).
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
         Self {
             listen: None,
+            public_addr: None,
             cert: None,
             key: None,
             handshake_timeout_s: 10,
+            ca: None,
         }
     }
 }
@@ -598,6 +642,8 @@ pub enum TlsError {
         key: PathBuf,
         source: rustls::Error,
     },
+    #[error("[sip.tls] ca {path}: cannot build a certificate verifier: {reason}")]
+    Ca { path: PathBuf, reason: String },
     #[error("cannot listen for SIP over TLS on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -609,6 +655,8 @@ pub enum TlsError {
 pub struct TlsListener {
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    /// For the connections we open to peers (a Contact whose connection is gone).
+    connector: TlsConnector,
     handshake_timeout: std::time::Duration,
 }
 
@@ -623,7 +671,7 @@ impl TlsListener {
 pub fn tls_acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     let cert_path = cfg.cert.as_deref().ok_or(TlsError::MissingPath("cert"))?;
     let key_path = cfg.key.as_deref().ok_or(TlsError::MissingPath("key"))?;
-    let certs = read_certs(cert_path)?;
+    let certs = read_certs("cert", cert_path)?;
     let key = read_key(key_path)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -643,12 +691,14 @@ pub async fn bind_tls(cfg: &TlsConfig) -> Result<Option<TlsListener>, TlsError> 
         return Ok(None);
     };
     let acceptor = tls_acceptor(cfg)?;
+    let connector = tls_connector(cfg)?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| TlsError::Bind { addr, source })?;
     Ok(Some(TlsListener {
         listener,
         acceptor,
+        connector,
         handshake_timeout: std::time::Duration::from_secs(cfg.handshake_timeout_s.max(1)),
     }))
 }
@@ -661,10 +711,90 @@ fn read_pem_file(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_pem_file("cert", path)?;
+/// The client side of rustls for connections we open: the peer's certificate is verified
+/// against `[sip.tls] ca` when set (for the peer's IP address), otherwise not at all (the
+/// handshake signature is still checked, so the session key belongs to whoever the peer is).
+pub fn tls_connector(cfg: &TlsConfig) -> Result<TlsConnector, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Ca {
+            path: cfg.ca.clone().unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
+    let config = match cfg.ca.as_deref() {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs("ca", path)? {
+                roots.add(cert).map_err(|e| TlsError::Ca {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Accepts any server certificate (no `[sip.tls] ca`) but still checks the handshake
+/// signatures with the provider's algorithms.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_pem_file(key, path)?;
     let bad = |reason: String| TlsError::BadPem {
-        key: "cert",
+        key,
         path: path.to_path_buf(),
         reason,
     };
@@ -687,10 +817,11 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 impl SipServer {
-    /// Accepts SIP over TLS on `tls` next to UDP and TCP; call before [`SipServer::run`].
-    /// A TLS connection is one more stream connection to the endpoint: responses and in-dialog
-    /// requests for the peer go back over it.
-    pub fn serve_tls(&self, tls: TlsListener) {
+    /// Accepts SIP over TLS on `tls` next to UDP and TCP, and lets the endpoint open TLS
+    /// connections; call before [`SipServer::run`]. Responses and in-dialog requests go back
+    /// over the connection the peer opened while it is open.
+    pub fn serve_tls(&mut self, tls: TlsListener) {
+        self.tls_connector = Some(tls.connector.clone());
         tokio::spawn(tls_accept_loop(tls, self.tcp_tx.clone(), self.limits));
     }
 }
@@ -700,6 +831,7 @@ async fn tls_accept_loop(tls: TlsListener, tx: mpsc::Sender<TcpMsg>, limits: Lim
         listener,
         acceptor,
         handshake_timeout,
+        ..
     } = tls;
     loop {
         match listener.accept().await {
@@ -711,7 +843,9 @@ async fn tls_accept_loop(tls: TlsListener, tx: mpsc::Sender<TcpMsg>, limits: Lim
                     // A client that connects and never finishes the handshake must not hold a task
                     // and a socket for ever.
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => connection(tls_stream, addr, tx, limits).await,
+                        Ok(Ok(tls_stream)) => {
+                            connection(tls_stream, (Transport::Tls, addr), tx, limits).await
+                        }
                         Ok(Err(e)) => {
                             tracing::info!(src = %addr, error = %e, "tls handshake failed")
                         }
@@ -732,7 +866,12 @@ async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<TcpMsg>, limits: Li
         match listener.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(stream, addr, tx.clone(), limits));
+                tokio::spawn(connection(
+                    stream,
+                    (Transport::Tcp, addr),
+                    tx.clone(),
+                    limits,
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tcp accept failed");
@@ -742,28 +881,65 @@ async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<TcpMsg>, limits: Li
     }
 }
 
-async fn connect(addr: SocketAddr, tx: mpsc::Sender<TcpMsg>, limits: Limits) {
-    match tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            connection(stream, addr, tx, limits).await
+/// Opens a connection to `addr` for messages the endpoint sends there: plain TCP, or TLS
+/// with `tls` (the peer's certificate checked for its IP address when `[sip.tls] ca` is set).
+async fn connect(
+    addr: SocketAddr,
+    tls: Option<TlsConnector>,
+    tx: mpsc::Sender<TcpMsg>,
+    limits: Limits,
+) {
+    let limit = std::time::Duration::from_secs(5);
+    tracing::debug!(dest = %addr, tls = tls.is_some(), "opening a stream connection");
+    let key = (
+        if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        },
+        addr,
+    );
+    let stream = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::warn!(dest = %addr, transport = ?key.0, error = %e, "connect failed");
+            let _ = tx.send(TcpMsg::Closed(key)).await;
+            return;
         }
-        _ => {
-            tracing::warn!(dest = %addr, "tcp connect failed");
-            let _ = tx.send(TcpMsg::Closed(addr)).await;
+        Err(_) => {
+            tracing::warn!(dest = %addr, transport = ?key.0, "connect timed out");
+            let _ = tx.send(TcpMsg::Closed(key)).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let Some(connector) = tls else {
+        return connection(stream, key, tx, limits).await;
+    };
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    match tokio::time::timeout(limit, connector.connect(name, stream)).await {
+        Ok(Ok(tls_stream)) => connection(tls_stream, key, tx, limits).await,
+        Ok(Err(e)) => {
+            tracing::warn!(dest = %addr, error = %e, "tls handshake with the peer failed");
+            let _ = tx.send(TcpMsg::Closed(key)).await;
+        }
+        Err(_) => {
+            tracing::warn!(dest = %addr, "tls handshake with the peer timed out");
+            let _ = tx.send(TcpMsg::Closed(key)).await;
         }
     }
 }
 
 /// One TCP or TLS connection: frames inbound messages by Content-Length, writes what the
 /// endpoint sends.
-async fn connection<S>(stream: S, addr: SocketAddr, tx: mpsc::Sender<TcpMsg>, limits: Limits)
+async fn connection<S>(stream: S, key: ConnKey, tx: mpsc::Sender<TcpMsg>, limits: Limits)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let addr = key.1;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
-    if tx.send(TcpMsg::Opened(addr, out_tx)).await.is_err() {
+    if tx.send(TcpMsg::Opened(key, out_tx)).await.is_err() {
         return;
     }
     let writer = tokio::spawn(async move {
@@ -788,7 +964,7 @@ where
         while let Some(m) = framer.next_message() {
             match m {
                 Ok(msg) => {
-                    if tx.send(TcpMsg::Message(addr, msg)).await.is_err() {
+                    if tx.send(TcpMsg::Message(key, msg)).await.is_err() {
                         break 'read;
                     }
                 }
@@ -800,7 +976,7 @@ where
         }
     }
     writer.abort();
-    let _ = tx.send(TcpMsg::Closed(addr)).await;
+    let _ = tx.send(TcpMsg::Closed(key)).await;
 }
 
 #[cfg(test)]
@@ -838,6 +1014,16 @@ mod tests {
         assert_eq!(c.listen, Some(SocketAddr::from(([0, 0, 0, 0], 5061))));
         assert_eq!(c.cert.as_deref(), Some(Path::new("/etc/warmline/sip.pem")));
         assert_eq!(c.handshake_timeout_s, 10);
+        assert_eq!((c.public_addr, c.ca), (None, None));
+        let c: TlsConfig = toml::from_str(
+            "listen = \"0.0.0.0:5061\"\npublic_addr = \"203.0.113.7:5061\"\nca = \"ca.pem\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.public_addr,
+            Some(SocketAddr::from(([203, 0, 113, 7], 5061)))
+        );
+        assert_eq!(c.ca.as_deref(), Some(Path::new("ca.pem")));
         assert!(toml::from_str::<TlsConfig>("certificate = \"x\"").is_err());
         assert_eq!(TlsConfig::default().listen, None);
     }
@@ -950,6 +1136,11 @@ mod tests {
         let Some(TcpMsg::Opened(peer, out)) = rx.recv().await else {
             panic!("no Opened");
         };
+        assert_eq!(
+            peer.0,
+            Transport::Tls,
+            "the endpoint is told the message came over TLS"
+        );
         for _ in 0..2 {
             match rx.recv().await {
                 Some(TcpMsg::Message(from, msg)) => {
@@ -970,6 +1161,53 @@ mod tests {
         assert_eq!(got, reply);
         drop(tls);
         assert!(matches!(rx.recv().await, Some(TcpMsg::Closed(a)) if a == peer));
+    }
+
+    /// Connections we open over TLS: with `ca` the peer's certificate must chain to it (for
+    /// the peer's IP address); without `ca` any certificate is taken. A refused handshake is
+    /// reported as closed, so the endpoint fails what waited for it.
+    #[tokio::test]
+    async fn tls_connections_we_open_verify_the_peer_with_the_configured_ca() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key, _) = test_identity(dir.path());
+        let Ok(Some(listener)) = bind_tls(&cfg(Some(&cert), Some(&key))).await else {
+            panic!("bind_tls failed");
+        };
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (server_tx, _server_rx) = mpsc::channel(16);
+        tokio::spawn(tls_accept_loop(listener, server_tx, Limits::default()));
+        let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (other_ca, _, _) = test_identity(other.path());
+
+        let cases = [
+            (Some(cert.clone()), true, "the peer's own CA"),
+            (None, true, "no CA: not verified"),
+            (Some(other_ca), false, "a CA that did not sign the peer"),
+        ];
+        for (ca, ok, what) in cases {
+            let connector = tls_connector(&TlsConfig {
+                ca,
+                ..TlsConfig::default()
+            })
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let (tx, mut rx) = mpsc::channel(16);
+            tokio::spawn(connect(addr, Some(connector), tx, Limits::default()));
+            match rx.recv().await {
+                Some(TcpMsg::Opened(key, _)) if ok => assert_eq!(key, (Transport::Tls, addr)),
+                Some(TcpMsg::Closed(key)) if !ok => assert_eq!(key, (Transport::Tls, addr)),
+                Some(TcpMsg::Opened(..)) => panic!("{what}: connected"),
+                Some(TcpMsg::Closed(..)) => panic!("{what}: refused"),
+                _ => panic!("{what}: no report"),
+            }
+        }
+        let e = tls_connector(&TlsConfig {
+            ca: Some(dir.path().join("missing.pem")),
+            ..TlsConfig::default()
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.starts_with("[sip.tls] ca: cannot read "), "{e}");
     }
 
     /// Plain text on the TLS port is a failed handshake: no message reaches the endpoint.

@@ -85,6 +85,10 @@ pub struct Dialog {
     pub reinvite: Option<PendingReInvite>,
     /// `hangup` was called while waiting for the ACK: BYE follows the ACK or its timeout.
     pub hangup_requested: bool,
+    /// The stream connection (TCP/TLS, as the shell names it: the peer's address) the
+    /// dialog's peer last used; our requests go over it while it is open. `None` over UDP
+    /// and once the shell reports it closed.
+    pub flow: Option<SocketAddr>,
 }
 
 /// Where and how an in-dialog request is sent.
@@ -130,6 +134,7 @@ impl Dialog {
             late_offer: req.body.is_empty(),
             reinvite: None,
             hangup_requested: false,
+            flow: transport.is_stream().then_some(source),
         }
     }
 
@@ -167,6 +172,8 @@ impl Dialog {
             late_offer: false,
             reinvite: None,
             hangup_requested: false,
+            // The connection the shell opens to the next hop for the INVITE.
+            flow: transport.is_stream().then_some(destination),
         }
     }
 
@@ -262,13 +269,12 @@ impl Dialog {
         } else {
             (self.remote_target.clone(), self.route_set.clone())
         };
-        let via_transport = match self.transport {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-        };
         let mut headers = vec![hdr(
             "Via",
-            format!("SIP/2.0/{via_transport} {public_addr};branch={branch};rport"),
+            format!(
+                "SIP/2.0/{} {public_addr};branch={branch};rport",
+                self.transport.via_token()
+            ),
         )];
         headers.push(hdr("Max-Forwards", "70"));
         for r in &routes {
@@ -283,8 +289,17 @@ impl Dialog {
         let payload = serialize_request(&method, &request_uri, headers, &[]);
         OutRequest {
             payload,
-            destination: self.next_hop(),
+            destination: self.destination(),
             transport: self.transport,
+        }
+    }
+
+    /// Where an in-dialog request goes: over the peer's open connection (TCP/TLS, RFC 3261
+    /// 18 / RFC 5923 reuse) while there is one, else to [`Dialog::next_hop`].
+    pub fn destination(&self) -> SocketAddr {
+        match self.flow {
+            Some(conn) if self.transport.is_stream() => conn,
+            _ => self.next_hop(),
         }
     }
 

@@ -42,6 +42,34 @@ use crate::sip::transaction::{
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS (RFC 3261 26.2): a stream like TCP; Via `SIP/2.0/TLS`, Contact
+    /// `;transport=tls` at the TLS address.
+    Tls,
+}
+
+impl Transport {
+    /// The protocol token of a Via header (`SIP/2.0/<this>`).
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// The URI parameter that asks a peer to use this transport (none for UDP, the default).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        }
+    }
+
+    /// Connection-oriented: `Transmit::destination` names a connection the shell keeps.
+    pub fn is_stream(self) -> bool {
+        self != Transport::Udp
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,8 +77,11 @@ pub struct CallHandle(pub u64);
 
 #[derive(Clone, Debug)]
 pub struct EndpointConfig {
-    /// Address put in Via and Contact of what we send.
+    /// Address put in Via and Contact of what we send over UDP and TCP.
     pub public_addr: SocketAddr,
+    /// Address put in Via and Contact of what we send over TLS (the TLS listener as the
+    /// peers reach it); `None`: `public_addr`.
+    pub tls_public_addr: Option<SocketAddr>,
     pub user_agent: String,
     pub t1: Duration,
     pub t2: Duration,
@@ -70,6 +101,7 @@ impl EndpointConfig {
     pub fn new(public_addr: SocketAddr) -> Self {
         Self {
             public_addr,
+            tls_public_addr: None,
             // No version: scanners match versions to known flaws (`warmline status` shows it).
             user_agent: "warmline".into(),
             t1: Duration::from_millis(500),
@@ -83,7 +115,9 @@ impl EndpointConfig {
     }
 }
 
-/// Bytes to put on the wire. Over TCP `destination` names the peer connection.
+/// Bytes to put on the wire. Over TCP and TLS `destination` names the peer connection: one
+/// the peer opened (its source address) or one the shell opens to that address if none is
+/// open (for TLS a TLS connection).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
     pub transport: Transport,
@@ -889,14 +923,8 @@ impl Endpoint {
             .ok();
         let transport = d.transport;
         let branch = self.new_branch();
-        let (public_addr, ua) = (self.cfg.public_addr, self.cfg.user_agent.clone());
-        let contact = format!(
-            "<sip:warmline@{public_addr}{}>",
-            match transport {
-                Transport::Udp => "",
-                Transport::Tcp => ";transport=tcp",
-            }
-        );
+        let (public_addr, ua) = (self.local_addr(transport), self.cfg.user_agent.clone());
+        let contact = format!("<sip:warmline@{public_addr}{}>", transport.uri_param());
         let Some(d) = self.dialogs.get_mut(&call) else {
             return Err(SipError::UnknownCall(call));
         };
@@ -1108,10 +1136,7 @@ impl Endpoint {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()+%".contains(&b))
             })
             .unwrap_or_else(|| "warmline".into());
-        let suffix = match reg.transport {
-            Transport::Udp => "",
-            Transport::Tcp => ";transport=tcp",
-        };
+        let suffix = reg.transport.uri_param();
         let state = RegState {
             call_id: format!(
                 "{:016x}{:016x}",
@@ -1126,7 +1151,7 @@ impl Endpoint {
             requested: u32::try_from(reg.expires.as_secs())
                 .unwrap_or(u32::MAX)
                 .max(1),
-            contact_uri: format!("sip:{user}@{}{suffix}", self.cfg.public_addr),
+            contact_uri: format!("sip:{user}@{}{suffix}", self.local_addr(reg.transport)),
             unregistering: false,
             reg,
         };
@@ -1157,7 +1182,8 @@ impl Endpoint {
     }
 
     /// The shell could not send to `destination` (e.g. TCP connect failed). Unanswered
-    /// outbound calls and REGISTERs in flight towards it fail with 503 (RFC 3261 8.1.3.1).
+    /// outbound calls and REGISTERs in flight towards it fail with 503 (RFC 3261 8.1.3.1);
+    /// other requests waiting there (a BYE, a REFER) end as timed out.
     pub fn transport_failed(
         &mut self,
         destination: SocketAddr,
@@ -1191,6 +1217,22 @@ impl Endpoint {
                 r.tx = None;
             }
             self.registration_failed(now, id, 503, reason.into());
+        }
+        // In-dialog requests (a BYE to a Contact whose connection is gone) end now instead
+        // of by Timer F.
+        for ev in self.txs.fail_transport(destination, transport) {
+            self.on_tx_event(now, ev);
+        }
+    }
+
+    /// The shell's stream connection `conn` (TCP or TLS, named by the peer's address) is
+    /// closed. Dialogs that used it send their next requests to their Contact or first
+    /// Route instead, over a new connection of the same transport (RFC 3261 18.1.1).
+    pub fn connection_closed(&mut self, conn: SocketAddr, transport: Transport) {
+        for d in self.dialogs.values_mut() {
+            if d.transport == transport && d.flow == Some(conn) {
+                d.flow = None;
+            }
         }
     }
 
@@ -1248,6 +1290,9 @@ impl Endpoint {
         let Some(key) = TxKey::server(&req) else {
             return;
         };
+        if transport.is_stream() {
+            self.note_flow(source, transport, &req);
+        }
         if req.method == Method::Ack {
             if let Some(id) = self.txs.find(&key) {
                 match self.txs.get(id).map(|t| t.state) {
@@ -2113,7 +2158,7 @@ impl Endpoint {
         if u.invite_tx != Some(tx) {
             return;
         }
-        let public_addr = self.cfg.public_addr;
+        let public_addr = self.local_addr(u.transport);
         let ua = self.cfg.user_agent.clone();
         let branch = self.new_branch();
         let Some(u) = self.uac.get_mut(&call) else {
@@ -2452,6 +2497,19 @@ impl Endpoint {
 
     // ----- helpers -----
 
+    /// An in-dialog request over a stream: the peer's current connection, which our own
+    /// requests then reuse (a phone that reconnected, e.g. after a NAT rebinding).
+    fn note_flow(&mut self, source: SocketAddr, transport: Transport, req: &Request) {
+        let Some(call) = self.find_dialog(req) else {
+            return;
+        };
+        if let Some(d) = self.dialogs.get_mut(&call) {
+            if d.transport == transport {
+                d.flow = Some(source);
+            }
+        }
+    }
+
     fn find_dialog(&self, req: &Request) -> Option<CallHandle> {
         let tag = req.to.tag.as_ref()?;
         let call = *self.dialog_index.get(&(req.call_id.clone(), tag.clone()))?;
@@ -2560,23 +2618,31 @@ impl Endpoint {
         format!("z9hG4bK{:016x}", self.rng.random::<u64>())
     }
 
+    /// Our address as peers of `transport` reach it: the TLS listener for TLS.
+    fn local_addr(&self, transport: Transport) -> SocketAddr {
+        match transport {
+            Transport::Tls => self.cfg.tls_public_addr.unwrap_or(self.cfg.public_addr),
+            Transport::Udp | Transport::Tcp => self.cfg.public_addr,
+        }
+    }
+
     /// Via of a request we send (RFC 3581 rport asked for).
     fn via(&self, transport: Transport, branch: &str) -> String {
-        let t = match transport {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-        };
-        format!("SIP/2.0/{t} {};branch={branch};rport", self.cfg.public_addr)
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport.via_token(),
+            self.local_addr(transport)
+        )
     }
 
     fn contact(&self, transport: Transport) -> Header {
-        let suffix = match transport {
-            Transport::Udp => "",
-            Transport::Tcp => ";transport=tcp",
-        };
         hdr(
             "Contact",
-            format!("<sip:warmline@{}{suffix}>", self.cfg.public_addr),
+            format!(
+                "<sip:warmline@{}{}>",
+                self.local_addr(transport),
+                transport.uri_param()
+            ),
         )
     }
 
@@ -2602,7 +2668,10 @@ impl Endpoint {
 
     fn start_bye(&mut self, call: CallHandle, now: Instant) {
         let branch = format!("z9hG4bK{:016x}", self.rng.random::<u64>());
-        let (public_addr, ua) = (self.cfg.public_addr, self.cfg.user_agent.clone());
+        let Some(transport) = self.dialogs.get(&call).map(|d| d.transport) else {
+            return;
+        };
+        let (public_addr, ua) = (self.local_addr(transport), self.cfg.user_agent.clone());
         let Some(d) = self.dialogs.get_mut(&call) else {
             return;
         };
@@ -2997,9 +3066,7 @@ mod tests {
 
         fn send(&mut self, req: &Req) {
             let mut req = req.clone();
-            if self.transport == Transport::Tcp {
-                req.via_transport = "TCP";
-            }
+            req.via_transport = self.transport.via_token();
             self.send_raw(&req.build());
         }
 
@@ -4057,6 +4124,216 @@ mod tests {
             .filter(|e| matches!(e, Event::Ended { .. }))
             .count();
         assert_eq!(ended, 1000);
+        h.assert_clean();
+    }
+
+    // ----- SIP over TLS and connection reuse -----
+
+    /// Our UDP/TCP address and our TLS address (another port).
+    fn tls_harness() -> Harness {
+        let mut cfg = EndpointConfig::new("10.0.0.1:5060".parse().unwrap());
+        cfg.tls_public_addr = Some("10.0.0.1:5061".parse().unwrap());
+        let mut h = Harness::with_config(Transport::Tls, cfg);
+        // A phone's TLS connection comes from an ephemeral port; its Contact names another.
+        h.peer = "10.0.0.2:40001".parse().unwrap();
+        h
+    }
+
+    fn tls_invite(call_id: &str) -> Req {
+        let mut inv = Req::invite(call_id);
+        inv.extra[0] = "Contact: <sip:alice@10.0.0.2:5063;transport=tls>".into();
+        inv
+    }
+
+    const TLS_CONTACT: &str = "<sip:warmline@10.0.0.1:5061;transport=tls>";
+
+    #[test]
+    fn call_over_tls_is_answered_with_a_tls_contact_and_bye_reuses_its_connection() {
+        let mut h = tls_harness();
+        let inv = tls_invite("tls1");
+        let call = h.incoming(&inv);
+        match &h.ep.dialogs.get(&call).map(|d| d.transport) {
+            Some(Transport::Tls) => {}
+            other => panic!("dialog transport {other:?}"),
+        }
+        h.ep.ring(call, h.now);
+        let ringing = h.take_sent();
+        assert_eq!(header_values(&ringing[0], "Contact"), vec![TLS_CONTACT]);
+        h.ep.answer(call, ANSWER.to_vec(), h.now).unwrap();
+        let ok = h.take_sent();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(
+            (ok[0].transport, ok[0].destination),
+            (Transport::Tls, h.peer)
+        );
+        assert_eq!(
+            header_values(&ok[0], "Contact"),
+            vec![TLS_CONTACT],
+            "the TLS address and transport=tls, not the UDP/TCP address"
+        );
+        assert_eq!(
+            h.ep.poll_timeout(),
+            Some(h.t0 + ms(32_000)),
+            "no 2xx resend"
+        );
+        let tag = to_tag(&ok[0]);
+        h.send(&inv.ack_2xx(&tag));
+        h.take_events();
+
+        h.ep.hangup(call, h.now).unwrap();
+        let bye = h.take_sent();
+        assert_eq!(bye.len(), 1);
+        assert_eq!(
+            (bye[0].transport, bye[0].destination),
+            (Transport::Tls, h.peer),
+            "over the connection the INVITE came on, not to the Contact's 10.0.0.2:5063"
+        );
+        assert!(
+            text(&bye[0]).starts_with("BYE sip:alice@10.0.0.2:5063;transport=tls SIP/2.0\r\n"),
+            "{}",
+            text(&bye[0])
+        );
+        assert!(header_values(&bye[0], "Via")[0]
+            .starts_with("SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK"));
+        h.send_raw(&reply_to(&bye[0], 200));
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Ended {
+                call,
+                cause: EndCause::LocalByeDone
+            }]
+        );
+        h.assert_clean();
+    }
+
+    #[test]
+    fn once_the_tls_connection_is_gone_requests_go_to_the_contact_over_tls() {
+        let mut h = tls_harness();
+        let inv = tls_invite("tls2");
+        let (call, _) = h.established(&inv);
+        // Other connections closing change nothing: a TCP one from the same address, and
+        // another TLS connection.
+        h.ep.connection_closed(h.peer, Transport::Tcp);
+        h.ep.connection_closed("10.0.0.2:40002".parse().unwrap(), Transport::Tls);
+        h.ep.refer(call, "sip:agent@10.0.0.9", h.now).unwrap();
+        let refer = h.take_sent();
+        assert_eq!(
+            (refer[0].transport, refer[0].destination),
+            (Transport::Tls, h.peer)
+        );
+        assert_eq!(header_values(&refer[0], "Contact"), vec![TLS_CONTACT]);
+        h.send_raw(&reply_to(&refer[0], 202));
+
+        h.ep.connection_closed(h.peer, Transport::Tls);
+        h.ep.hangup(call, h.now).unwrap();
+        let bye = h.take_sent();
+        assert_eq!(bye.len(), 1);
+        assert_eq!(
+            (bye[0].transport, bye[0].destination),
+            (Transport::Tls, "10.0.0.2:5063".parse().unwrap()),
+            "to the Contact, and over TLS (the shell connects with TLS)"
+        );
+        assert!(header_values(&bye[0], "Via")[0].starts_with("SIP/2.0/TLS 10.0.0.1:5061;"));
+        h.send_raw(&reply_to(&bye[0], 200));
+        h.take_events();
+        h.assert_clean();
+
+        // The Contact cannot be reached either: the call ends now, not after Timer F.
+        let inv = tls_invite("tls2b");
+        let (call, _) = h.established(&inv);
+        h.ep.connection_closed(h.peer, Transport::Tls);
+        h.ep.hangup(call, h.now).unwrap();
+        let bye = h.take_sent();
+        let contact = bye[0].destination;
+        h.ep.transport_failed(contact, Transport::Tcp, h.now);
+        assert!(h.take_events().is_empty(), "another transport: nothing");
+        h.ep.transport_failed(contact, Transport::Tls, h.now);
+        assert_eq!(
+            h.take_events(),
+            vec![Event::Ended {
+                call,
+                cause: EndCause::LocalByeDone
+            }]
+        );
+        h.assert_clean();
+    }
+
+    #[test]
+    fn a_peer_that_reconnects_gets_our_requests_on_its_new_connection() {
+        let mut h = tls_harness();
+        let inv = tls_invite("tls3");
+        let (call, tag) = h.established(&inv);
+        h.ep.connection_closed(h.peer, Transport::Tls);
+        // The phone reconnects (new source port) and sends a request in the dialog.
+        h.peer = "10.0.0.2:40007".parse().unwrap();
+        let info = inv
+            .in_dialog("INFO", &tag, 2, 1)
+            .with_body("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n");
+        h.send(&info);
+        let ok = h.take_sent();
+        assert_eq!((ok[0].destination, resp(&ok[0]).status), (h.peer, 200));
+        h.take_events();
+        h.ep.hangup(call, h.now).unwrap();
+        let bye = h.take_sent();
+        assert_eq!(
+            (bye[0].transport, bye[0].destination),
+            (Transport::Tls, h.peer)
+        );
+        h.send_raw(&reply_to(&bye[0], 200));
+        h.take_events();
+        h.assert_clean();
+    }
+
+    #[test]
+    fn tcp_dialogs_reuse_the_callers_connection_too() {
+        let mut h = Harness::new(Transport::Tcp);
+        h.peer = "10.0.0.2:40001".parse().unwrap();
+        let mut inv = Req::invite("tcpreuse");
+        inv.extra[0] = "Contact: <sip:alice@10.0.0.2:5062;transport=tcp>".into();
+        let (call, _) = h.established(&inv);
+        h.ep.hangup(call, h.now).unwrap();
+        let bye = h.take_sent();
+        assert_eq!(
+            (bye[0].transport, bye[0].destination),
+            (Transport::Tcp, h.peer)
+        );
+        assert!(header_values(&bye[0], "Via")[0].starts_with("SIP/2.0/TCP 10.0.0.1:5060;"));
+        h.send_raw(&reply_to(&bye[0], 200));
+        h.take_events();
+        h.assert_clean();
+    }
+
+    #[test]
+    fn outbound_call_over_tls_keeps_to_the_connection_it_opened() {
+        let mut h = tls_harness();
+        h.peer = trunk();
+        let (call, _, inv) = h.dial(outbound(Transport::Tls, None));
+        assert_eq!((inv.transport, inv.destination), (Transport::Tls, trunk()));
+        assert!(header_values(&inv, "Via")[0].starts_with("SIP/2.0/TLS 10.0.0.1:5061;branch="));
+        assert_eq!(header_values(&inv, "Contact"), vec![TLS_CONTACT]);
+        // The callee's Contact names another address; ACK and BYE still use our connection.
+        h.send_raw(&uas_reply(
+            &inv,
+            200,
+            Some("callee"),
+            &["Contact: <sip:bob@10.0.0.7:5071;transport=tls>"],
+            SDP,
+        ));
+        let ack = h.take_sent();
+        assert!(is(&ack[0], "ACK sip:bob@10.0.0.7:5071;transport=tls"));
+        assert_eq!(
+            (ack[0].transport, ack[0].destination),
+            (Transport::Tls, trunk())
+        );
+        h.take_events();
+        h.ep.hangup(call, h.now).unwrap();
+        let bye = h.take_sent();
+        assert_eq!(
+            (bye[0].transport, bye[0].destination),
+            (Transport::Tls, trunk())
+        );
+        h.send_raw(&reply_to(&bye[0], 200));
+        h.take_events();
         h.assert_clean();
     }
 

@@ -1463,11 +1463,11 @@ pub fn response_top_via(top: &Via, source: SocketAddr) -> String {
     out
 }
 
-/// Where a response goes: over TCP the source (the shell maps it to the connection);
+/// Where a response goes: over TCP and TLS the source (the shell maps it to the connection);
 /// over UDP the source IP and, without rport, the Via port (RFC 3261 18.2.2, RFC 3581).
 pub fn response_destination(top: &Via, source: SocketAddr, transport: Transport) -> SocketAddr {
     match transport {
-        Transport::Tcp => source,
+        Transport::Tcp | Transport::Tls => source,
         Transport::Udp if top.rport => source,
         Transport::Udp => SocketAddr::new(source.ip(), top.port.unwrap_or(5060)),
     }

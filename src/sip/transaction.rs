@@ -660,6 +660,35 @@ impl TransactionLayer {
         }
     }
 
+    /// The shell could not reach `destination` over `transport` (a TCP/TLS connect failed):
+    /// non-INVITE client transactions still waiting for a final response there end now as
+    /// timed out (RFC 3261 8.1.3.1 treats a transport error like no answer).
+    pub fn fail_transport(
+        &mut self,
+        destination: SocketAddr,
+        transport: Transport,
+    ) -> Vec<TxEvent> {
+        let mut failed: Vec<(TxId, Option<CallHandle>, Method)> = self
+            .txs
+            .values()
+            .filter(|t| {
+                t.kind == TxKind::NonInviteClient
+                    && matches!(t.state, TxState::Trying | TxState::Proceeding)
+                    && t.destination == destination
+                    && t.transport == transport
+            })
+            .map(|t| (t.id, t.call, t.method.clone()))
+            .collect();
+        failed.sort_by_key(|(id, _, _)| id.0);
+        failed
+            .into_iter()
+            .map(|(tx, call, method)| {
+                self.remove(tx);
+                TxEvent::ClientTimeout { tx, call, method }
+            })
+            .collect()
+    }
+
     pub fn remove(&mut self, id: TxId) {
         if let Some(tx) = self.txs.remove(&id) {
             if self.index.get(&tx.key) == Some(&id) {
