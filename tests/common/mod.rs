@@ -236,6 +236,8 @@ pub struct DaemonOpts {
     pub ready_timeout: Duration,
     /// `[ivr] answer_after_ms`: ring this long before answering (CANCEL tests).
     pub answer_after_ms: u64,
+    /// Extra lines inside `[rtp]` (e.g. `srtp = "required"`).
+    pub rtp_toml: String,
 }
 
 impl Default for DaemonOpts {
@@ -251,6 +253,7 @@ impl Default for DaemonOpts {
             rtp_ports: 100,
             ready_timeout: Duration::from_secs(20),
             answer_after_ms: 0,
+            rtp_toml: String::new(),
         }
     }
 }
@@ -264,7 +267,11 @@ pub fn config_toml(
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "[sip]\nlisten = \"{sip}\"\n");
-    let _ = writeln!(s, "[rtp]\nport_min = {}\nport_max = {}\n", rtp.0, rtp.1);
+    let _ = writeln!(
+        s,
+        "[rtp]\nport_min = {}\nport_max = {}\n{}\n",
+        rtp.0, rtp.1, opts.rtp_toml
+    );
     let _ = writeln!(
         s,
         "[paths]\nstate_dir = {}\ndialplans = {}\nprompts = {}\n",
