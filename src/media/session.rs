@@ -17,7 +17,7 @@ use crate::media::error::MediaError;
 use crate::media::jitter::{JitterBuffer, JitterConfig, JitterOutput};
 use crate::media::rtcp::{self as rtcp_mod, NtpClock, ReceptionStats, RtcpItem, SenderInfo};
 use crate::media::rtp::{self as rtp_mod, RtpHeader, RtpSender};
-use crate::media::srtp::{SrtpKeys, SrtpPair, SrtpSuite};
+use crate::media::srtp::{SrtpError, SrtpKeys, SrtpPair, SrtpSuite};
 
 /// A learned source that has been silent this long may be replaced by a new one
 /// (NAT rebinding, media re-anchored by a proxy).
@@ -111,7 +111,8 @@ pub struct MediaStats {
     pub jitter_ms: f64,
     pub rtcp_sent: u64,
     pub rtcp_received: u64,
-    /// Datagrams on the RTP port that were not valid RTP (or oversized), and undecodable RTCP.
+    /// Datagrams on the RTP port that were not valid RTP (or oversized), undecodable RTCP, and
+    /// with SRTP datagrams too short to authenticate or SRTCP without encryption.
     pub invalid_packets: u64,
     /// Packets from an address other than the learned remote, dropped.
     pub foreign_source: u64,
@@ -329,12 +330,16 @@ impl MediaSession {
         self.retired_duplicates = self.retired_duplicates.saturating_add(jb.duplicates);
     }
 
-    fn count_srtp_error(&mut self, replay: bool) {
-        if replay {
-            self.stats.srtp_replays = self.stats.srtp_replays.saturating_add(1);
+    fn count_srtp_error(&mut self, e: &SrtpError) {
+        let counter = if e.is_replay() {
+            &mut self.stats.srtp_replays
+        } else if e.is_auth_failure() {
+            &mut self.stats.srtp_auth_failures
         } else {
-            self.stats.srtp_auth_failures = self.stats.srtp_auth_failures.saturating_add(1);
-        }
+            // Too short for SRTP, unencrypted SRTCP (baresip sends a plain RTCP APP "PING").
+            &mut self.stats.invalid_packets
+        };
+        *counter = counter.saturating_add(1);
     }
 
     /// Protects the packet in `packet_buf` in place when SRTP is on. `false`: it could not
@@ -411,7 +416,7 @@ impl MediaSession {
                     plain.as_slice()
                 }
                 Err(e) => {
-                    self.count_srtp_error(e.is_replay());
+                    self.count_srtp_error(&e);
                     return;
                 }
             },
@@ -499,7 +504,7 @@ impl MediaSession {
                     plain.as_slice()
                 }
                 Err(e) => {
-                    self.count_srtp_error(e.is_replay());
+                    self.count_srtp_error(&e);
                     return;
                 }
             },
@@ -1369,7 +1374,14 @@ mod tests {
         }
         let (report, _) = a.bye(now).expect("report");
         b.handle_rtcp(&report, a_addr(), now);
+        // baresip's plain RTCP APP "PING": not SRTCP, counted as invalid, not as a failure.
+        let ping = [
+            0x80, 0xcc, 0x00, 0x03, 0x22, 0x7a, 0x7b, 0x84, b'P', b'I', b'N', b'G', 0, 0, 0, 0,
+        ];
+        b.handle_rtcp(&ping, a_addr(), now);
+        b.handle_rtp(&ping, a_addr(), now);
         let s = b.stats();
+        assert_eq!(s.invalid_packets, 2);
         assert_eq!(s.srtp_auth_failures, 41);
         assert_eq!((s.packets_received, s.rtcp_received), (0, 0));
         assert_eq!(b.last_received(), None);

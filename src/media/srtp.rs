@@ -181,10 +181,15 @@ pub enum SrtpError {
 }
 
 impl SrtpError {
-    /// Whether the session counts this as an authentication failure (bad key, tampering,
-    /// garbage) rather than a replay.
+    /// A packet seen before (or older than the replay window).
     pub fn is_replay(&self) -> bool {
         matches!(self, SrtpError::Replay)
+    }
+
+    /// A packet long enough to check that failed the check: wrong key, tampering, plain RTP
+    /// on an SRTP stream.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self, SrtpError::Auth | SrtpError::Other(_))
     }
 }
 
