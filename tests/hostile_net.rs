@@ -1,4 +1,4 @@
-//! Hostile networks: SIP over TLS with a real softphone, DTMF menus over a lossy, jittery,
+//! Hostile networks: SIP over TLS and SRTP with a real softphone, DTMF menus over a lossy, jittery,
 //! reordering path, symmetric RTP behind a NAT that lies in the SDP, and (once the SIP guard
 //! lands) scanners, password guessers and INVITE floods.
 mod common;
