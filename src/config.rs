@@ -251,6 +251,16 @@ pub struct RtpConfig {
     /// (NAT, a media relay), like Asterisk's `external_media_address`; defaults to the SIP
     /// public address.
     pub public_ip: Option<IpAddr>,
+    /// SDES-keyed SRTP (RFC 4568): "off", "optional" (SRTP when the caller offers it) or
+    /// "required" (plain-RTP offers get 488; our offers are RTP/SAVP).
+    pub srtp: String,
+}
+
+impl RtpConfig {
+    /// The `srtp` setting (validated at load; an unknown value reads as the default).
+    pub fn srtp_policy(&self) -> crate::media::srtp::SrtpPolicy {
+        crate::media::srtp::SrtpPolicy::from_name(&self.srtp).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +321,7 @@ impl Default for RtpConfig {
             codecs: vec!["pcmu".into(), "pcma".into(), "opus".into()],
             jitter_ms: 60,
             public_ip: None,
+            srtp: "optional".into(),
         }
     }
 }
@@ -444,6 +455,16 @@ impl Config {
         }
         if self.rtp.codecs.is_empty() {
             return fail("codecs", "rtp.codecs must name at least one codec".into());
+        }
+        if crate::media::srtp::SrtpPolicy::from_name(&self.rtp.srtp).is_none() {
+            return fail(
+                "srtp",
+                format!(
+                    "rtp.srtp = {:?} must be one of {}",
+                    self.rtp.srtp,
+                    crate::media::srtp::SrtpPolicy::NAMES
+                ),
+            );
         }
         if !(20..=1000).contains(&self.rtp.jitter_ms) {
             return fail(
@@ -909,6 +930,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("w.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn srtp_policy_parsed_and_validated() {
+        use crate::media::srtp::SrtpPolicy;
+        assert_eq!(
+            Config::load(None).unwrap().rtp.srtp_policy(),
+            SrtpPolicy::Optional
+        );
+        for (name, want) in [
+            ("off", SrtpPolicy::Off),
+            ("optional", SrtpPolicy::Optional),
+            ("Required", SrtpPolicy::Required),
+        ] {
+            let text = format!("[rtp]\nsrtp = \"{name}\"\n");
+            let cfg = Config::parse(Path::new("w.toml"), &text).unwrap();
+            assert_eq!(cfg.rtp.srtp_policy(), want);
+        }
+        let text = "[rtp]\njitter_ms = 60\nsrtp = \"sdes\"\n";
+        let err = Config::parse(Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("w.toml:3:1:")
+                && err.contains("rtp.srtp")
+                && err.contains("\"required\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Hostile networks: SIP over TLS with a real softphone, DTMF menus over a lossy, jittery,
+//! Hostile networks: SIP over TLS and SRTP with a real softphone, DTMF menus over a lossy, jittery,
 //! reordering path, symmetric RTP behind a NAT that lies in the SDP, and (once the SIP guard
 //! lands) scanners, password guessers and INVITE floods.
 mod common;
@@ -940,4 +940,100 @@ fn baresip_speech_menu_through_live_loss_jitter_and_reordering() {
     let speech = wav_active_seconds(&heard, 0.01).expect("readable recording");
     eprintln!("heard {speech:.1} s of prompt audio through the impaired downlink");
     assert!(speech > 2.0, "prompts reach the phone: {speech:.1} s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// SRTP (SDES, RFC 4568)
+// ---------------------------------------------------------------------------------------------
+
+/// The CDR's `rtp_stats` object.
+fn rtp_stats(cdr: &Value) -> Value {
+    serde_json::from_str(cdr["rtp_stats"].as_str().unwrap_or("{}")).unwrap_or_default()
+}
+
+#[test]
+fn baresip_srtp_call_reaches_the_menu_and_presses_a_key() {
+    let d = Daemon::start(DaemonOpts::default());
+    let mut phone = Baresip::start_in(
+        BaresipOpts {
+            // `srtp-mand`: baresip offers RTP/SAVP and plays and sends nothing but SRTP.
+            extra_config: "module\t\t\tsrtp.so\n".into(),
+            account_params: ";mediaenc=srtp-mand".into(),
+            sip_trace: true,
+            ..BaresipOpts::default()
+        },
+        Some(&d.run_dir("baresip-srtp")),
+    );
+    phone.dial(&format!("sip:1000@{}", d.sip_addr));
+    let est = phone.expect_event("CALL_ESTABLISHED", EVENT_WAIT);
+    let call_id = est["id"].as_str().expect("Call-ID").to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    phone.send_digit('1');
+    std::thread::sleep(Duration::from_secs(3));
+    phone.hangup();
+    phone.expect_event("CALL_CLOSED", EVENT_WAIT);
+    phone.stop();
+    let cdr = d.wait_cdr(&call_id, CDR_WAIT);
+    // The key press arrives as an RFC 4733 event inside SRTP: recognising it needs decryption.
+    assert_eq!(field(&cdr, "digits"), "1", "{cdr}");
+    assert_eq!(
+        strings(&cdr["path"]).get(..2),
+        Some(&["greeting".to_string(), "main".to_string()][..]),
+        "{cdr}"
+    );
+    let stats = rtp_stats(&cdr);
+    let suite = stats["srtp"].as_str().unwrap_or("");
+    assert!(suite.starts_with("AES_CM_128_HMAC_SHA1_"), "{stats}");
+    assert!(stats["received"].as_u64().unwrap_or(0) > 200, "{stats}");
+    assert_eq!(stats["srtp_auth_failures"], 0, "{stats}");
+    // Our answer: RTP/SAVP with one a=crypto line for the suite the CDR names.
+    let log = phone.log();
+    let answer = log
+        .split("SIP/2.0 200 OK")
+        .skip(1)
+        .find(|m| m.contains("m=audio"))
+        .unwrap_or("");
+    assert!(
+        answer.contains("RTP/SAVP") && answer.contains("a=crypto:"),
+        "answer without SRTP:\n{}",
+        answer.chars().take(1500).collect::<String>()
+    );
+    assert!(answer.contains(suite), "answer names {suite}");
+    // baresip decrypted our SRTP too: it heard the greeting and the menu.
+    let heard = phone.heard_wav().expect("baresip recorded what it heard");
+    let speech = wav_active_seconds(&heard, 0.01).expect("readable recording");
+    assert!(
+        speech > 2.0,
+        "greeting and menu heard over SRTP: {speech:.1} s"
+    );
+    assert!(
+        d.log().contains("call: SRTP"),
+        "the daemon logs the SRTP suite"
+    );
+}
+
+#[test]
+fn srtp_required_refuses_a_plain_rtp_call_with_488() {
+    let d = Daemon::start(DaemonOpts {
+        rtp_toml: "srtp = \"required\"".into(),
+        ..DaemonOpts::default()
+    });
+    let r = Sipp::new("uac_basic.xml")
+        .target(d.sip_addr)
+        .work_dir(&d.run_dir("plain"))
+        .caller("1001")
+        .calls(1)
+        .timeout(Duration::from_secs(10))
+        .run();
+    assert_eq!(r.received_responses(488).len(), 1, "{}", r.report());
+    assert_eq!(r.received_responses(200).len(), 0, "{}", r.report());
+    let call_id = r.call_ids.first().expect("a Call-ID").clone();
+    let cdr = d.wait_cdr(&call_id, CDR_WAIT);
+    assert_eq!(field(&cdr, "outcome"), "rejected", "{cdr}");
+    assert_eq!(field(&cdr, "hangup_cause"), "srtp-mismatch", "{cdr}");
+    assert!(
+        d.log().contains("srtp = \\\"required\\\"") || d.log().contains("srtp = \"required\""),
+        "the log says why: {}",
+        d.log_tail(20)
+    );
 }

@@ -104,6 +104,22 @@ fn start_daemon_speaking(
     })
 }
 
+/// Like [`start_daemon`], with `[rtp] srtp = "required"`.
+fn start_daemon_srtp_required(queues: &str, agents: &[String]) -> Daemon {
+    let toml = format!(
+        "[customers]\ncsv = {}\n\n{queues}\n{}\n{}",
+        toml_path(&repo().join("tests/data/routing/customers.csv")),
+        agents.join("\n"),
+        speech_toml(false),
+    );
+    Daemon::start(DaemonOpts {
+        extra_toml: toml,
+        rtp_toml: "srtp = \"required\"".into(),
+        ready_timeout: Duration::from_secs(240),
+        ..DaemonOpts::default()
+    })
+}
+
 /// A WAV of `secs` of a sine at `hz` (8 kHz mono, peak 30 % of full scale).
 fn tone_wav(path: &Path, hz: f64, secs: f64) -> PathBuf {
     let n = (secs * 8000.0) as usize;
@@ -874,5 +890,71 @@ fn agent_with_a_sips_address_is_called_over_tls_and_its_certificate_checked() {
         daemon.matches("opening a stream connection").count(),
         1,
         "one TLS connection for INVITE, ACK and BYE:\n{daemon}"
+    );
+}
+
+/// `[rtp] srtp = "required"`: the caller's leg is SRTP (its RTP/SAVP offer answered) and so
+/// is the agent's (our RTP/SAVP offer, answered by the agent's phone); the bridge decrypts each
+/// leg with its own keys and both hear each other.
+#[test]
+fn srtp_required_encrypts_the_caller_leg_and_the_agent_leg() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let srtp_phone = |user: &str, dir: &Path, hz: f64, auto_answer: bool| {
+        std::fs::create_dir_all(dir).expect("phone folder");
+        Baresip::start_in(
+            BaresipOpts {
+                user: user.into(),
+                audio_source: Some(tone_wav(&dir.join("mic.wav"), hz, 120.0)),
+                auto_answer,
+                sip_trace: true,
+                extra_config: "module\t\t\tsrtp.so\n".into(),
+                account_params: ";mediaenc=srtp-mand".into(),
+                ..BaresipOpts::default()
+            },
+            Some(dir),
+        )
+    };
+    let mut alice = srtp_phone("alice", &work.path().join("alice"), AGENT_HZ, true);
+    let d = start_daemon_srtp_required(
+        "[queues.agents]\nwrap_up_s = 0\n",
+        &[static_agent("alice", &alice, &["agents"])],
+    );
+    let number = unknown(81);
+    let mut caller = srtp_phone(&number, &d.run_dir("caller"), CALLER_HZ, false);
+    let call_id = call_and_press(&mut caller, &d, Duration::from_secs(1), Some('0'));
+    alice.expect_event("CALL_ESTABLISHED", EVENT_WAIT);
+    sleep(Duration::from_secs(5));
+    caller.hangup();
+    caller.expect_event("CALL_CLOSED", EVENT_WAIT);
+    alice.expect_event("CALL_CLOSED", EVENT_WAIT);
+    caller.stop();
+    alice.stop();
+
+    // Our offer to the agent: RTP/SAVP with our two suites.
+    let invites = traced_invites(&alice);
+    let invite = invites
+        .iter()
+        .find(|m| m.contains("X-Warmline-Queue"))
+        .unwrap_or_else(|| panic!("alice got no INVITE from the queue:\n{}", alice.log()));
+    assert!(
+        invite.contains("RTP/SAVP")
+            && invite.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+        "{invite}"
+    );
+    let caller_heard_agent = heard_tone_seconds(&caller, AGENT_HZ);
+    let agent_heard_caller = heard_tone_seconds(&alice, CALLER_HZ);
+    assert!(
+        caller_heard_agent >= 2.0 && agent_heard_caller >= 2.0,
+        "caller heard the agent {caller_heard_agent:.1} s, the agent the caller {agent_heard_caller:.1} s"
+    );
+    let cdr = d.wait_cdr(&call_id, Duration::from_secs(20));
+    assert_eq!(cdr["outcome"], "agent", "{cdr}");
+    let stats: serde_json::Value =
+        serde_json::from_str(cdr["rtp_stats"].as_str().unwrap_or("{}")).unwrap_or_default();
+    assert!(stats["srtp"].is_string(), "{stats}");
+    assert!(
+        d.log().contains("acd: SRTP"),
+        "the agent leg's SRTP is logged: {}",
+        d.log_tail(30)
     );
 }

@@ -1111,4 +1111,70 @@ mod tests {
         let payload = last.expect("an event");
         assert_eq!(u16::from_be_bytes([payload[2], payload[3]]), 48_000);
     }
+
+    #[test]
+    fn srtp_caller_leg_bridges_to_a_plain_agent_leg() {
+        use crate::media::srtp::{SrtpKey, SrtpKeys, SrtpSuite};
+        let suite = SrtpSuite::AesCm128HmacSha1_80;
+        let (phone_key, leg_key) = (SrtpKey::generate(suite), SrtpKey::generate(suite));
+        let keys = |local: &SrtpKey, remote: &SrtpKey| SrtpKeys {
+            tag: 1,
+            suite,
+            local: local.clone(),
+            remote: remote.clone(),
+        };
+        let mut rig = Rig::new(
+            CodecKind::Pcmu,
+            CodecKind::Pcma,
+            true,
+            HoldLoop::new(Arc::from(vec![0i16; 0])),
+        );
+        let mut c = rig.phone_a.config().clone();
+        c.srtp = Some(keys(&phone_key, &leg_key));
+        rig.phone_a.update(c).expect("phone A");
+        let mut c = rig.leg_a.config().clone();
+        c.srtp = Some(keys(&leg_key, &phone_key));
+        rig.leg_a.update(c).expect("leg A");
+        rig.answer(None);
+        let frame = |freq: f64| {
+            let clip = tone_clip(freq, 20);
+            let mut f = [0i16; FRAME_SAMPLES];
+            for (d, s) in f.iter_mut().zip(clip.iter()) {
+                *d = *s;
+            }
+            f
+        };
+        for _ in 0..50 {
+            rig.step(Some(frame(440.0)), Some(frame(1000.0)));
+        }
+        for i in 0..6 {
+            rig.step_key('7', i, None);
+        }
+        for _ in 0..20 {
+            rig.step(None, None);
+        }
+        let heard =
+            |v: &[Option<[i16; FRAME_SAMPLES]>], f| v.iter().filter(|x| hears(x, f)).count();
+        assert!(
+            heard(&rig.heard_b, 440.0) > 30,
+            "agent hears the SRTP caller"
+        );
+        assert!(
+            heard(&rig.heard_a, 1000.0) > 30,
+            "SRTP caller hears the agent"
+        );
+        assert_eq!(
+            rig.digits_b, "7",
+            "key from the SRTP leg regenerated on the plain one"
+        );
+        // The caller leg's packets carry the 80-bit tag; the agent leg's are plain RTP.
+        assert!(rig.to_a.iter().all(|p| p.len() == 12 + 160 + 10));
+        for (h, payload) in headers(&rig.to_b) {
+            let len = if h.payload_type == 101 { 4 } else { 160 };
+            assert_eq!(payload.len(), len, "plain packet to the agent: {h:?}");
+        }
+        let s = rig.leg_a.stats();
+        assert_eq!((s.srtp_suite, s.srtp_auth_failures), (Some(suite), 0));
+        assert_eq!(rig.leg_b.stats().srtp_suite, None);
+    }
 }

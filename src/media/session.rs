@@ -17,6 +17,7 @@ use crate::media::error::MediaError;
 use crate::media::jitter::{JitterBuffer, JitterConfig, JitterOutput};
 use crate::media::rtcp::{self as rtcp_mod, NtpClock, ReceptionStats, RtcpItem, SenderInfo};
 use crate::media::rtp::{self as rtp_mod, RtpHeader, RtpSender};
+use crate::media::srtp::{SrtpError, SrtpKeys, SrtpPair, SrtpSuite};
 
 /// A learned source that has been silent this long may be replaced by a new one
 /// (NAT rebinding, media re-anchored by a proxy).
@@ -42,6 +43,8 @@ pub struct MediaConfig {
     /// Once packets arrive, send to their source address (NAT traversal).
     pub symmetric: bool,
     pub jitter_depth: Duration,
+    /// SDES-keyed SRTP/SRTCP for both directions; `None` for plain RTP.
+    pub srtp: Option<SrtpKeys>,
 }
 
 impl MediaConfig {
@@ -61,6 +64,7 @@ impl MediaConfig {
             remote_rtcp,
             symmetric: true,
             jitter_depth: Duration::from_millis(60),
+            srtp: None,
         }
     }
 
@@ -107,7 +111,8 @@ pub struct MediaStats {
     pub jitter_ms: f64,
     pub rtcp_sent: u64,
     pub rtcp_received: u64,
-    /// Datagrams on the RTP port that were not valid RTP (or oversized), and undecodable RTCP.
+    /// Datagrams on the RTP port that were not valid RTP (or oversized), undecodable RTCP, and
+    /// with SRTP datagrams too short to authenticate or SRTCP without encryption.
     pub invalid_packets: u64,
     /// Packets from an address other than the learned remote, dropped.
     pub foreign_source: u64,
@@ -123,6 +128,13 @@ pub struct MediaStats {
     pub rtt_ms: Option<f64>,
     /// The remote announced it is leaving (RTCP BYE for its audio SSRC).
     pub remote_bye: bool,
+    /// The SRTP suite in use; `None` for plain RTP.
+    pub srtp_suite: Option<SrtpSuite>,
+    /// SRTP/SRTCP packets dropped because authentication failed (wrong key, tampering,
+    /// plain RTP on an SRTP stream).
+    pub srtp_auth_failures: u64,
+    /// SRTP/SRTCP packets dropped as replays (or network duplicates).
+    pub srtp_replays: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +147,7 @@ struct Learned {
 pub struct MediaSession {
     cfg: MediaConfig,
     ssrc: u32,
+    srtp: Option<SrtpPair>,
     cname: String,
     sender: RtpSender,
     encoder: Encoder,
@@ -156,6 +169,8 @@ pub struct MediaSession {
     pending: VecDeque<i16>,
     payload_buf: Vec<u8>,
     packet_buf: Vec<u8>,
+    /// The protected copy of `packet_buf` (SRTP), swapped in before sending.
+    srtp_buf: Vec<u8>,
     decode_buf: Vec<i16>,
     events: VecDeque<MediaEvent>,
     stats: MediaStats,
@@ -177,6 +192,14 @@ fn jitter_config(cfg: &MediaConfig) -> JitterConfig {
     }
 }
 
+fn srtp_pair(cfg: &MediaConfig) -> Result<Option<SrtpPair>, MediaError> {
+    cfg.srtp
+        .as_ref()
+        .map(SrtpPair::new)
+        .transpose()
+        .map_err(|e| MediaError::Config(format!("SRTP keys: {e}")))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -187,7 +210,9 @@ impl MediaSession {
         let encoder = Encoder::new(cfg.codec)?;
         let decoder = Decoder::new(cfg.codec)?;
         let sender = RtpSender::new(ssrc, cfg.payload_type, cfg.codec.rtp_timestamp_step_20ms());
+        let srtp = srtp_pair(&cfg)?;
         Ok(MediaSession {
+            srtp,
             jitter: JitterBuffer::new(jitter_config(&cfg)),
             cfg,
             ssrc,
@@ -211,6 +236,7 @@ impl MediaSession {
             pending: VecDeque::with_capacity(MAX_PENDING_SAMPLES),
             payload_buf: Vec::with_capacity(1500),
             packet_buf: Vec::with_capacity(1500),
+            srtp_buf: Vec::new(),
             decode_buf: Vec::with_capacity(FRAME_SAMPLES * 6),
             events: VecDeque::new(),
             stats: MediaStats::default(),
@@ -226,6 +252,11 @@ impl MediaSession {
     /// symmetric-RTP learning.
     pub fn update(&mut self, cfg: MediaConfig) -> Result<(), MediaError> {
         cfg.validate()?;
+        if cfg.srtp != self.cfg.srtp {
+            // New keys (or SRTP switched on or off): fresh contexts, so rollover counts and
+            // replay windows start over with them.
+            self.srtp = srtp_pair(&cfg)?;
+        }
         if cfg.codec != self.cfg.codec {
             self.encoder = Encoder::new(cfg.codec)?;
             self.decoder = Decoder::new(cfg.codec)?;
@@ -299,6 +330,33 @@ impl MediaSession {
         self.retired_duplicates = self.retired_duplicates.saturating_add(jb.duplicates);
     }
 
+    fn count_srtp_error(&mut self, e: &SrtpError) {
+        let counter = if e.is_replay() {
+            &mut self.stats.srtp_replays
+        } else if e.is_auth_failure() {
+            &mut self.stats.srtp_auth_failures
+        } else {
+            // Too short for SRTP, unencrypted SRTCP (baresip sends a plain RTCP APP "PING").
+            &mut self.stats.invalid_packets
+        };
+        *counter = counter.saturating_add(1);
+    }
+
+    /// Protects the packet in `packet_buf` in place when SRTP is on. `false`: it could not
+    /// be protected and must not be sent.
+    fn protect_packet(&mut self) -> bool {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return true;
+        };
+        let plain = std::mem::take(&mut self.packet_buf);
+        let ok = srtp.protect_rtp(&plain, &mut self.srtp_buf).is_ok();
+        self.packet_buf = plain;
+        if ok {
+            std::mem::swap(&mut self.packet_buf, &mut self.srtp_buf);
+        }
+        ok
+    }
+
     fn push_event(&mut self, event: MediaEvent) {
         if self.events.len() >= MAX_EVENTS {
             self.events.pop_front();
@@ -344,10 +402,25 @@ impl MediaSession {
             self.cfg.telephone_event_pt.unwrap_or(0),
         ];
         if rtp_mod::is_rtcp_given(data, &rtp_pts[..]) {
-            // The peer multiplexes RTCP on the RTP port (RFC 5761).
+            // The peer multiplexes RTCP on the RTP port (RFC 5761); the packet type stays in
+            // the clear under SRTCP, so the test works on protected packets too.
             self.handle_rtcp(data, from, now);
             return;
         }
+        let plain;
+        let data = match self.srtp.as_mut() {
+            None => data,
+            Some(srtp) => match srtp.unprotect_rtp(data) {
+                Ok(p) => {
+                    plain = p;
+                    plain.as_slice()
+                }
+                Err(e) => {
+                    self.count_srtp_error(&e);
+                    return;
+                }
+            },
+        };
         let packet = match rtp_mod::parse(data) {
             Ok(p) if p.payload.len() <= MAX_PAYLOAD => p,
             _ => {
@@ -422,6 +495,20 @@ impl MediaSession {
 
     /// Feeds one datagram received on our RTCP port.
     pub fn handle_rtcp(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
+        let plain;
+        let data = match self.srtp.as_mut() {
+            None => data,
+            Some(srtp) => match srtp.unprotect_rtcp(data) {
+                Ok(p) => {
+                    plain = p;
+                    plain.as_slice()
+                }
+                Err(e) => {
+                    self.count_srtp_error(&e);
+                    return;
+                }
+            },
+        };
         let Ok(items) = rtcp_mod::parse_compound(data) else {
             self.stats.invalid_packets = self.stats.invalid_packets.saturating_add(1);
             return;
@@ -493,6 +580,9 @@ impl MediaSession {
         }
         let ts = self.sender.next_timestamp();
         self.sender.packet(&self.payload_buf, &mut self.packet_buf);
+        if !self.protect_packet() {
+            return None;
+        }
         self.last_sent = Some((now, ts));
         self.sent_since_report = true;
         self.stats.packets_sent = self.stats.packets_sent.saturating_add(1);
@@ -539,6 +629,9 @@ impl MediaSession {
             &mut self.packet_buf,
         );
         self.packet_buf.extend_from_slice(payload);
+        if !self.protect_packet() {
+            return None;
+        }
         self.last_sent = Some((now, clock));
         self.sent_since_report = true;
         self.stats.packets_sent = self.stats.packets_sent.saturating_add(1);
@@ -613,7 +706,11 @@ impl MediaSession {
             _ => None,
         };
         let block = self.reception.as_mut().map(|rx| rx.report_block(now));
-        let bytes = rtcp_mod::build_compound(self.ssrc, sender, block, &self.cname, bye).ok()?;
+        let mut bytes =
+            rtcp_mod::build_compound(self.ssrc, sender, block, &self.cname, bye).ok()?;
+        if let Some(srtp) = self.srtp.as_mut() {
+            bytes = srtp.protect_rtcp(&bytes).ok()?;
+        }
         self.sent_since_report = false;
         let dest = self.remote_rtcp();
         if dest.ip().is_unspecified() || dest.port() == 0 {
@@ -645,6 +742,7 @@ impl MediaSession {
 
     pub fn stats(&self) -> MediaStats {
         let mut stats = self.stats.clone();
+        stats.srtp_suite = self.srtp.as_ref().map(SrtpPair::suite);
         let jb = self.jitter.stats();
         stats.packets_late = self.retired_late.saturating_add(jb.late);
         stats.duplicates = self.retired_duplicates.saturating_add(jb.duplicates);
@@ -1140,6 +1238,177 @@ mod tests {
             .header;
         assert_eq!(resumed.sequence, audio.sequence.wrapping_add(6));
         assert_eq!(resumed.timestamp, audio.timestamp.wrapping_add(7 * 160));
+    }
+
+    fn srtp_keys(suite: SrtpSuite) -> (SrtpKeys, SrtpKeys) {
+        use crate::media::srtp::SrtpKey;
+        let (ka, kb) = (SrtpKey::generate(suite), SrtpKey::generate(suite));
+        let a = SrtpKeys {
+            tag: 1,
+            suite,
+            local: ka.clone(),
+            remote: kb.clone(),
+        };
+        let b = SrtpKeys {
+            tag: 1,
+            suite,
+            local: kb,
+            remote: ka,
+        };
+        (a, b)
+    }
+
+    fn srtp_pair_sessions(suite: SrtpSuite, t0: Instant) -> (MediaSession, MediaSession) {
+        let (ka, kb) = srtp_keys(suite);
+        let mut ca = config(CodecKind::Pcmu, b_addr());
+        ca.srtp = Some(ka);
+        let mut cb = config(CodecKind::Pcmu, a_addr());
+        cb.srtp = Some(kb);
+        (
+            MediaSession::new(ca, 0xA, t0).expect("session A"),
+            MediaSession::new(cb, 0xB, t0).expect("session B"),
+        )
+    }
+
+    #[test]
+    fn srtp_sessions_exchange_audio_dtmf_and_reports() {
+        for suite in [
+            SrtpSuite::AesCm128HmacSha1_80,
+            SrtpSuite::AesCm128HmacSha1_32,
+        ] {
+            let t0 = Instant::now();
+            let (mut a, mut b) = srtp_pair_sessions(suite, t0);
+            let mut now = t0;
+            let mut heard = 0;
+            for k in 0..20 {
+                let frame = tone_frame(k);
+                let (pkt, _) = a.send_frame(Some(&frame), now).expect("send");
+                // What goes on the wire is not the G.711 of the tone.
+                let clear: Vec<u8> = frame.iter().map(|&s| g711::linear_to_ulaw(s)).collect();
+                assert_ne!(pkt.get(12..172), Some(clear.as_slice()), "{suite}");
+                assert_eq!(pkt.len(), 12 + 160 + suite_tag(suite));
+                let pkt = pkt.to_vec();
+                b.handle_rtp(&pkt, a_addr(), now);
+                if let Some(got) = b.pop_audio(now) {
+                    heard += 1;
+                    let energy: f64 = got.iter().map(|&s| f64::from(s).powi(2)).sum();
+                    assert!(energy > 1e6, "{suite}: decrypted audio is the tone");
+                }
+                now += MS20;
+            }
+            assert!(heard >= 15, "{suite}: heard {heard}");
+            // A key press from A reaches B as a digit.
+            let payload = encode_event(5, false, 10, 160);
+            let (pkt, _) = a.send_event(&payload, true, now).expect("event");
+            let pkt = pkt.to_vec();
+            b.handle_rtp(&pkt, a_addr(), now);
+            assert_eq!(b.poll_event(), Some(MediaEvent::Dtmf { digit: '5' }));
+            // SRTCP: B's receiver report reaches A (multiplexed on the RTP port here).
+            let (report, _) = b.bye(now).expect("report");
+            a.handle_rtp(&report, b_addr(), now);
+            let s = a.stats();
+            assert_eq!(s.rtcp_received, 1, "{suite}");
+            assert!(
+                s.remote_fraction_lost.is_some(),
+                "{suite}: report block read"
+            );
+            let s = b.stats();
+            assert_eq!(
+                (
+                    s.srtp_suite,
+                    s.srtp_auth_failures,
+                    s.srtp_replays,
+                    s.dtmf_digits
+                ),
+                (Some(suite), 0, 0, 1)
+            );
+            // The same packet again is a replay, not a second digit.
+            b.handle_rtp(&pkt, a_addr(), now);
+            assert_eq!(b.poll_event(), None);
+            assert_eq!(b.stats().srtp_replays, 1);
+        }
+    }
+
+    fn suite_tag(suite: SrtpSuite) -> usize {
+        match suite {
+            SrtpSuite::AesCm128HmacSha1_32 => 4,
+            SrtpSuite::AesCm128HmacSha1_80 => 10,
+            _ => 16,
+        }
+    }
+
+    #[test]
+    fn srtp_with_the_wrong_key_counts_failures_and_plays_nothing() {
+        let t0 = Instant::now();
+        let suite = SrtpSuite::AesCm128HmacSha1_80;
+        let (ka, _) = srtp_keys(suite);
+        let (_, kb_wrong) = srtp_keys(suite);
+        let mut ca = config(CodecKind::Pcmu, b_addr());
+        ca.srtp = Some(ka);
+        let mut cb = config(CodecKind::Pcmu, a_addr());
+        cb.srtp = Some(kb_wrong);
+        let mut a = MediaSession::new(ca, 0xA, t0).expect("A");
+        let mut b = MediaSession::new(cb, 0xB, t0).expect("B");
+        // And a plain-RTP session sending to an SRTP one.
+        let (mut plain, _) = pair(CodecKind::Pcmu, t0);
+        let mut now = t0;
+        for k in 0..20 {
+            let pkt = a
+                .send_frame(Some(&tone_frame(k)), now)
+                .expect("send")
+                .0
+                .to_vec();
+            b.handle_rtp(&pkt, a_addr(), now);
+            let pkt = plain
+                .send_frame(Some(&tone_frame(k)), now)
+                .expect("send")
+                .0
+                .to_vec();
+            b.handle_rtp(&pkt, a_addr(), now);
+            assert_eq!(
+                b.pop_audio(now),
+                None,
+                "no audio from undecryptable packets"
+            );
+            now += MS20;
+        }
+        let (report, _) = a.bye(now).expect("report");
+        b.handle_rtcp(&report, a_addr(), now);
+        // baresip's plain RTCP APP "PING": not SRTCP, counted as invalid, not as a failure.
+        let ping = [
+            0x80, 0xcc, 0x00, 0x03, 0x22, 0x7a, 0x7b, 0x84, b'P', b'I', b'N', b'G', 0, 0, 0, 0,
+        ];
+        b.handle_rtcp(&ping, a_addr(), now);
+        b.handle_rtp(&ping, a_addr(), now);
+        let s = b.stats();
+        assert_eq!(s.invalid_packets, 2);
+        assert_eq!(s.srtp_auth_failures, 41);
+        assert_eq!((s.packets_received, s.rtcp_received), (0, 0));
+        assert_eq!(b.last_received(), None);
+    }
+
+    #[test]
+    fn update_switches_srtp_keys() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = srtp_pair_sessions(SrtpSuite::AesCm128HmacSha1_80, t0);
+        let pkt = a.send_frame(None, t0).expect("send").0.to_vec();
+        b.handle_rtp(&pkt, a_addr(), t0);
+        assert_eq!(b.stats().packets_received, 1);
+        // Re-INVITE to plain RTP on both ends.
+        let mut ca = a.config().clone();
+        ca.srtp = None;
+        a.update(ca).expect("update a");
+        let mut cb = b.config().clone();
+        cb.srtp = None;
+        b.update(cb).expect("update b");
+        let pkt = a.send_frame(None, t0 + MS20).expect("send").0.to_vec();
+        assert!(rtp_mod::parse(&pkt).is_ok());
+        b.handle_rtp(&pkt, a_addr(), t0 + MS20);
+        let s = b.stats();
+        assert_eq!(
+            (s.packets_received, s.srtp_suite, s.srtp_auth_failures),
+            (2, None, 0)
+        );
     }
 
     proptest::proptest! {

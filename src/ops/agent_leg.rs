@@ -13,7 +13,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::media::session::MediaEvent;
 use crate::sip::endpoint::{CallHandle, OutboundCall, Transport};
-use crate::sip::sdp;
 
 use super::call::{CallContext, CallMedia};
 use super::ports::{self, MediaSocket};
@@ -231,10 +230,10 @@ impl LegTask {
         };
         let local_port = rtp.get_ref().local_addr().map(|a| a.port()).unwrap_or(0);
         let (rtp, rtcp) = (Arc::new(rtp), Arc::new(rtcp));
-        let offer_sdp = sdp::build_offer(
-            self.ctx.media_ip,
+        let offer_sdp = super::call::local_offer(
+            &self.ctx,
+            &self.media,
             local_port,
-            &self.ctx.codecs,
             rand::random::<u32>() as u64,
             1,
         );

@@ -11,6 +11,7 @@ use crate::ivr::flow::{CallFlow, FlowAction, FlowEvent, Outcome, PromptItem};
 use crate::media::codec::CodecKind;
 use crate::media::prompt::{Player, PromptStore};
 use crate::media::session::{MediaConfig, MediaEvent, MediaSession};
+use crate::media::srtp::{CryptoAttribute, SrtpPolicy};
 use crate::sip::endpoint::{CallHandle, EndCause, IncomingCall};
 use crate::sip::sdp::{self, Direction};
 use crate::speech::asr::{AsrError, AsrStream, Transcript};
@@ -41,6 +42,8 @@ pub struct CallContext {
     pub public_addr: SocketAddr,
     pub codecs: Vec<CodecKind>,
     pub jitter: Duration,
+    /// `[rtp] srtp`: when calls use SDES-keyed SRTP.
+    pub srtp: SrtpPolicy,
     /// Ring this long before answering (0: answer at once).
     pub answer_after: Duration,
     pub active: std::sync::atomic::AtomicUsize,
@@ -134,6 +137,8 @@ pub(super) struct MediaState {
     pub(super) bridge: Option<BridgeMedia>,
     /// An agent leg whose frames the caller's bridge sends: its own entry only keeps RTCP.
     pub(super) bridged: bool,
+    /// The `a=crypto:` lines (our keys) of the last offer we made, for reading its answer.
+    pub(super) offered_crypto: Vec<CryptoAttribute>,
 }
 
 /// The bridge of a caller's call, ticked on the caller's shard.
@@ -161,6 +166,41 @@ impl CallMedia {
     }
 }
 
+/// Our SDP offer on this call (outbound INVITE, late offer, re-offer): RTP/SAVP with fresh
+/// keys when `[rtp] srtp = "required"`, else plain RTP. The keys are kept in the media state
+/// for reading the answer.
+pub(super) fn local_offer(
+    ctx: &CallContext,
+    media: &CallMedia,
+    local_port: u16,
+    session_id: u64,
+    version: u64,
+) -> String {
+    let crypto = sdp::offer_crypto(ctx.srtp);
+    let offer = sdp::build_secure_offer(
+        ctx.media_ip,
+        local_port,
+        &ctx.codecs,
+        &crypto,
+        session_id,
+        version,
+    );
+    media.lock().offered_crypto = crypto;
+    offer
+}
+
+/// Why an SDP was refused, for the CDR's hang-up cause.
+pub(super) fn refusal_cause(e: &sdp::SdpError) -> &'static str {
+    use sdp::SdpError as E;
+    match e {
+        E::NoCommonCodec { .. } => "no-common-codec",
+        E::SrtpDisabled(_) | E::SrtpRequired(_) | E::NoUsableCrypto { .. } | E::CryptoAnswer(_) => {
+            "srtp-mismatch"
+        }
+        _ => "bad-sdp",
+    }
+}
+
 /// The far end's SDP answer on a call we placed (a reminder call, an agent leg): creates the
 /// media session on the first answer, updates it on a later one (183 then 200), and puts the
 /// call on the media clock once. `what` prefixes the log lines ("outbound", "acd").
@@ -173,9 +213,14 @@ pub(super) fn apply_sdp_answer(
     call_id: &str,
     what: &str,
 ) {
+    let offered = media.lock().offered_crypto.clone();
+    let role = sdp::SrtpRole::Answered {
+        policy: ctx.srtp,
+        offered: &offered,
+    };
     let neg = match sdp::parse_remote(answer)
+        .and_then(|r| sdp::negotiate_secure(&r, &ctx.codecs, role))
         .map_err(|e| e.to_string())
-        .and_then(|r| sdp::negotiate(&r, &ctx.codecs).map_err(|e| e.to_string()))
     {
         Ok(n) => n,
         Err(e) => {
@@ -183,6 +228,9 @@ pub(super) fn apply_sdp_answer(
             return;
         }
     };
+    if let Some(k) = &neg.srtp {
+        tracing::info!(call_id = %call_id, suite = %k.suite, "{what}: SRTP");
+    }
     let cfg = MediaConfig {
         codec: neg.codec,
         payload_type: neg.payload_type,
@@ -191,6 +239,7 @@ pub(super) fn apply_sdp_answer(
         remote_rtcp: neg.remote_rtcp,
         symmetric: true,
         jitter_depth: ctx.jitter,
+        srtp: neg.srtp.clone(),
     };
     let mut st = media.lock();
     let ok = match st.media.as_mut() {
@@ -478,7 +527,9 @@ pub async fn run_call(
     c.media.ended.store(true, Ordering::Release);
     let rec = c.flow.record();
     let outcome = match (&rec.outcome, c.answered_at) {
-        (_, None) if ending.cause == "no-common-codec" => "rejected".to_string(),
+        (_, None) if ending.cause == "no-common-codec" || ending.cause == "srtp-mismatch" => {
+            "rejected".to_string()
+        }
         (_, None) => "abandoned".to_string(),
         (Outcome::InProgress, _) => "abandoned".to_string(),
         (o, _) => outcome_name(o),
@@ -487,9 +538,14 @@ pub async fn run_call(
         let s = m.stats();
         super::metrics::add_rtp_received(s.packets_received);
         super::metrics::add_rtp_lost(s.packets_lost);
+        if s.srtp_suite.is_some() {
+            super::metrics::add_srtp_call(s.srtp_auth_failures, s.srtp_replays);
+        }
         serde_json::json!({
             "sent": s.packets_sent, "received": s.packets_received, "lost": s.packets_lost,
             "late": s.packets_late, "duplicates": s.duplicates, "jitter_ms": s.jitter_ms,
+            "srtp": s.srtp_suite.map(|k| k.sdp_name()),
+            "srtp_auth_failures": s.srtp_auth_failures, "srtp_replays": s.srtp_replays,
         })
         .to_string()
     });
@@ -629,22 +685,18 @@ impl Call {
                     }
                     answer
                 }
-                Err(status) => {
-                    let _ = self.sip.send(SipCommand::Reject(self.call, status));
+                Err(e) => {
+                    let _ = self.sip.send(SipCommand::Reject(self.call, e.status()));
                     return Ending {
-                        cause: if status == 488 {
-                            "no-common-codec".into()
-                        } else {
-                            "bad-sdp".into()
-                        },
+                        cause: refusal_cause(&e).into(),
                         side: "warmline",
                     };
                 }
             },
-            None => sdp::build_offer(
-                self.ctx.media_ip,
+            None => local_offer(
+                &self.ctx,
+                &self.media,
                 self.local_port,
-                &self.ctx.codecs,
                 self.session_id,
                 self.sdp_version,
             ),
@@ -707,8 +759,10 @@ impl Call {
                                     self.hangup();
                                     return Ending { cause: "no-sdp-in-ack".into(), side: "warmline" };
                                 };
-                                match sdp::parse_remote(&answer).map_err(|_| 400u16).and_then(|r| {
-                                    sdp::negotiate(&r, &self.ctx.codecs).map_err(|_| 488u16)
+                                let offered = self.media.lock().offered_crypto.clone();
+                                let role = sdp::SrtpRole::Answered { policy: self.ctx.srtp, offered: &offered };
+                                match sdp::parse_remote(&answer).and_then(|r| {
+                                    sdp::negotiate_secure(&r, &self.ctx.codecs, role)
                                 }) {
                                     Ok(neg) => {
                                         if self.start_media(&neg).is_err() {
@@ -716,9 +770,10 @@ impl Call {
                                             return Ending { cause: "media-error".into(), side: "warmline" };
                                         }
                                     }
-                                    Err(_) => {
+                                    Err(e) => {
+                                        tracing::warn!(call_id = %self.call_id, error = %e, "unusable SDP answer in ACK");
                                         self.hangup();
-                                        return Ending { cause: "no-common-codec".into(), side: "warmline" };
+                                        return Ending { cause: refusal_cause(&e).into(), side: "warmline" };
                                     }
                                 }
                             }
@@ -822,16 +877,29 @@ impl Call {
         }
     }
 
-    /// Parses and negotiates an offer; returns our answer, or the SIP status to refuse it with.
-    fn negotiate(&mut self, offer: &[u8]) -> Result<(sdp::Negotiated, String), u16> {
-        let remote = sdp::parse_remote(offer).map_err(|e| {
-            tracing::warn!(call_id = %self.call_id, error = %e, "unusable SDP offer");
-            400u16
-        })?;
-        let neg = sdp::negotiate(&remote, &self.ctx.codecs).map_err(|e| {
-            tracing::warn!(call_id = %self.call_id, error = %e, "no common codec");
-            488u16
-        })?;
+    /// Parses and negotiates an offer; returns our answer, or why it is refused
+    /// (`SdpError::status` is the SIP status).
+    fn negotiate(&mut self, offer: &[u8]) -> Result<(sdp::Negotiated, String), sdp::SdpError> {
+        // A re-INVITE keeps our key when the suite stays.
+        let keep = self
+            .media
+            .lock()
+            .media
+            .as_ref()
+            .and_then(|m| m.config().srtp.as_ref().map(|k| k.local.clone()));
+        let role = sdp::SrtpRole::Answering {
+            policy: self.ctx.srtp,
+            keep: keep.as_ref(),
+        };
+        let neg = sdp::parse_remote(offer)
+            .and_then(|remote| sdp::negotiate_secure(&remote, &self.ctx.codecs, role))
+            .map_err(|e| {
+                tracing::warn!(call_id = %self.call_id, error = %e, status = e.status(), "refusing SDP offer");
+                e
+            })?;
+        if let Some(k) = &neg.srtp {
+            tracing::info!(call_id = %self.call_id, suite = %k.suite, tag = k.tag, "call: SRTP");
+        }
         let answer = sdp::build_answer(
             self.ctx.media_ip,
             self.local_port,
@@ -851,6 +919,7 @@ impl Call {
             remote_rtcp: neg.remote_rtcp,
             symmetric: true,
             jitter_depth: self.ctx.jitter,
+            srtp: neg.srtp.clone(),
         }
     }
 
@@ -868,14 +937,31 @@ impl Call {
     fn reinvite(&mut self, remote_sdp: Option<Vec<u8>>) {
         self.sdp_version += 1;
         let Some(offer) = remote_sdp else {
-            // A re-INVITE without SDP asks us to offer again.
-            let offer = sdp::build_offer(
-                self.ctx.media_ip,
-                self.local_port,
-                &self.ctx.codecs,
-                self.session_id,
-                self.sdp_version,
-            );
+            // A re-INVITE without SDP asks us to offer again; an SRTP call re-offers the
+            // keys it uses (the answer in the ACK is not applied, so nothing may change).
+            let current = self
+                .media
+                .lock()
+                .media
+                .as_ref()
+                .and_then(|m| m.config().srtp.as_ref().map(|k| k.local_attribute()));
+            let offer = match current {
+                Some(line) => sdp::build_secure_offer(
+                    self.ctx.media_ip,
+                    self.local_port,
+                    &self.ctx.codecs,
+                    &[line],
+                    self.session_id,
+                    self.sdp_version,
+                ),
+                None => local_offer(
+                    &self.ctx,
+                    &self.media,
+                    self.local_port,
+                    self.session_id,
+                    self.sdp_version,
+                ),
+            };
             let _ = self
                 .sip
                 .send(SipCommand::AnswerReinvite(self.call, offer.into_bytes()));
@@ -902,8 +988,10 @@ impl Call {
                     let _ = self.sip.send(SipCommand::RejectReinvite(self.call, 488));
                 }
             }
-            Err(status) => {
-                let _ = self.sip.send(SipCommand::RejectReinvite(self.call, status));
+            Err(e) => {
+                let _ = self
+                    .sip
+                    .send(SipCommand::RejectReinvite(self.call, e.status()));
             }
         }
     }

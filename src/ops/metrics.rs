@@ -8,7 +8,8 @@
 //!
 //! Hooks for other modules (each is one call at the place the event happens):
 //! - calls: [`record_call_end`] (direction, CDR outcome) when a call's CDR is closed;
-//! - RTP: [`record_slot`] (sent, late), [`add_rtp_received`], [`add_rtp_lost`];
+//! - RTP: [`record_slot`] (sent, late), [`add_rtp_received`], [`add_rtp_lost`],
+//!   [`add_srtp_call`] (suite, packets dropped by SRTP checks);
 //! - speech: [`asr_stream_started`] / [`asr_stream_finished`], [`observe_asr_latency`],
 //!   [`tts_cache_hit`] / [`tts_cache_miss`];
 //! - dialer: [`fatigue_skip`], trunk state via [`set_trunk_registered`] / [`set_trunk_backoff`];
@@ -30,6 +31,10 @@ pub static CALLS_REJECTED_LIMIT: AtomicU64 = AtomicU64::new(0);
 pub static CALLS_REJECTED_DRAINING: AtomicU64 = AtomicU64::new(0);
 pub static RTP_RECEIVED: AtomicU64 = AtomicU64::new(0);
 pub static RTP_LOST: AtomicU64 = AtomicU64::new(0);
+/// Calls whose media was SRTP; SRTP/SRTCP packets dropped (authentication, replay).
+pub static SRTP_CALLS: AtomicU64 = AtomicU64::new(0);
+pub static SRTP_AUTH_FAILURES: AtomicU64 = AtomicU64::new(0);
+pub static SRTP_REPLAYS: AtomicU64 = AtomicU64::new(0);
 pub static ASR_BUSY: AtomicI64 = AtomicI64::new(0);
 pub static TTS_CACHE_HITS: AtomicU64 = AtomicU64::new(0);
 pub static TTS_CACHE_MISSES: AtomicU64 = AtomicU64::new(0);
@@ -114,6 +119,13 @@ pub fn add_rtp_received(packets: u64) {
 /// RTP packets the jitter buffer found missing (sequence gaps never filled).
 pub fn add_rtp_lost(packets: u64) {
     RTP_LOST.fetch_add(packets, Ordering::Relaxed);
+}
+
+/// A call whose media was SRTP ended: its packets dropped by authentication and replay checks.
+pub fn add_srtp_call(auth_failures: u64, replays: u64) {
+    SRTP_CALLS.fetch_add(1, Ordering::Relaxed);
+    SRTP_AUTH_FAILURES.fetch_add(auth_failures, Ordering::Relaxed);
+    SRTP_REPLAYS.fetch_add(replays, Ordering::Relaxed);
 }
 
 /// A recogniser started work on a caller's utterance.
@@ -359,6 +371,31 @@ pub fn render(live: &Live) -> String {
         "RTP packets missing at the jitter buffer.",
     );
     sample(&mut o, "warmline_rtp_packets_lost_total", &[], c(&RTP_LOST));
+    family(
+        &mut o,
+        "warmline_srtp_calls_total",
+        "counter",
+        "Ended calls whose media was SRTP (SDES).",
+    );
+    sample(&mut o, "warmline_srtp_calls_total", &[], c(&SRTP_CALLS));
+    family(
+        &mut o,
+        "warmline_srtp_packets_dropped_total",
+        "counter",
+        "SRTP/SRTCP packets dropped: failed authentication (wrong key, tampering) or replayed.",
+    );
+    sample(
+        &mut o,
+        "warmline_srtp_packets_dropped_total",
+        &[("reason", "auth")],
+        c(&SRTP_AUTH_FAILURES),
+    );
+    sample(
+        &mut o,
+        "warmline_srtp_packets_dropped_total",
+        &[("reason", "replay")],
+        c(&SRTP_REPLAYS),
+    );
     family(
         &mut o,
         "warmline_asr_streams_busy",

@@ -16,7 +16,6 @@ use crate::media::codec::FRAME_SAMPLES;
 use crate::media::prompt::Player;
 use crate::media::session::MediaEvent;
 use crate::sip::endpoint::{CallHandle, Credentials, OutboundCall};
-use crate::sip::sdp;
 
 use super::call::{CallContext, CallMedia};
 use super::ports;
@@ -128,13 +127,8 @@ impl OutboundCallTask {
         };
         self.local_port = rtp.get_ref().local_addr().map(|a| a.port()).unwrap_or(0);
         let (rtp, rtcp) = (Arc::new(rtp), Arc::new(rtcp));
-        let offer = sdp::build_offer(
-            self.ctx.media_ip,
-            self.local_port,
-            &self.ctx.codecs,
-            self.session_id,
-            1,
-        );
+        let offer =
+            super::call::local_offer(&self.ctx, &self.media, self.local_port, self.session_id, 1);
         let trunk = &req.trunk;
         let host = &trunk.domain;
         let (events_tx, mut events) = mpsc::unbounded_channel();

@@ -280,6 +280,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Serv
         media_ip: cfg.media_ip(),
         public_addr: cfg.public_addr(),
         codecs,
+        srtp: cfg.rtp.srtp_policy(),
         jitter: Duration::from_millis(cfg.rtp.jitter_ms),
         answer_after: Duration::from_millis(cfg.ivr.answer_after_ms),
         speech,

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::media::codec::CodecKind;
 use crate::media::session::MediaConfig;
+use crate::media::srtp::{CryptoAttribute, SrtpKey, SrtpKeys, SrtpPolicy, SrtpSuite};
 
 /// Largest SDP body accepted.
 const MAX_SDP_LEN: usize = 64 * 1024;
@@ -102,6 +103,29 @@ pub struct RemoteMedia {
     /// All `m=` lines in order, and which one is the audio stream we use.
     pub media_lines: Vec<MediaLine>,
     pub audio_index: usize,
+    /// The audio stream's transport is RTP/SAVP or RTP/SAVPF.
+    pub secure_transport: bool,
+    /// The stream's `a=crypto:` lines we can use, in the remote's order.
+    pub crypto: Vec<CryptoAttribute>,
+    /// Why the other `a=crypto:` lines were skipped (`line 9: ...`), for the logs and errors.
+    pub crypto_skipped: Vec<String>,
+}
+
+/// Whose SDP [`negotiate_crypto`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum SrtpRole<'a> {
+    /// The remote SDP is an offer. `keep` is the key we use now (re-INVITE): kept when the
+    /// suite stays, so the remote need not switch keys mid-call.
+    Answering {
+        policy: SrtpPolicy,
+        keep: Option<&'a SrtpKey>,
+    },
+    /// The remote SDP answers our offer, which carried these `a=crypto:` lines (none: we
+    /// offered plain RTP).
+    Answered {
+        policy: SrtpPolicy,
+        offered: &'a [CryptoAttribute],
+    },
 }
 
 /// The outcome of offer/answer for the audio stream.
@@ -117,6 +141,8 @@ pub struct Negotiated {
     pub remote_direction: Direction,
     pub media_lines: Vec<MediaLine>,
     pub audio_index: usize,
+    /// SDES-keyed SRTP for this stream, when negotiated.
+    pub srtp: Option<SrtpKeys>,
 }
 
 impl Negotiated {
@@ -128,13 +154,15 @@ impl Negotiated {
     /// Media session settings for this outcome (symmetric RTP on, 60 ms jitter buffer).
     /// Whether to send is `local_direction().sends()`, for `MediaSession::set_sending`.
     pub fn media_config(&self) -> MediaConfig {
-        MediaConfig::new(
+        let mut cfg = MediaConfig::new(
             self.codec,
             self.payload_type,
             self.telephone_event_pt,
             self.remote_rtp,
             self.remote_rtcp,
-        )
+        );
+        cfg.srtp = self.srtp.clone();
+        cfg
     }
 }
 
@@ -150,12 +178,39 @@ pub enum SdpError {
     },
     #[error("SDP has no usable audio stream (no m=audio line with a non-zero port)")]
     NoAudio,
-    #[error("SDP audio stream uses transport {0:?}; only RTP/AVP and RTP/AVPF are supported")]
+    #[error("SDP audio stream uses transport {0:?}; only RTP/AVP, RTP/AVPF, RTP/SAVP and RTP/SAVPF are supported")]
     UnsupportedTransport(String),
+    #[error("SRTP offered ({0}) but [rtp] srtp = \"off\"")]
+    SrtpDisabled(String),
+    #[error("plain RTP offered (no usable a=crypto line) but [rtp] srtp = \"required\"{}", skipped_note(.0))]
+    SrtpRequired(Vec<String>),
+    #[error("{proto} stream has no usable a=crypto line{}", skipped_note(.skipped))]
+    NoUsableCrypto { proto: String, skipped: Vec<String> },
+    #[error("SRTP answer does not match our offer: {0}")]
+    CryptoAnswer(String),
     #[error("SDP audio stream has no connection address (no c= line at session or media level)")]
     NoConnection,
     #[error("no common codec: remote offers [{offered}], we accept [{supported}]")]
     NoCommonCodec { offered: String, supported: String },
+}
+
+fn skipped_note(skipped: &[String]) -> String {
+    if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(" (skipped: {})", skipped.join("; "))
+    }
+}
+
+impl SdpError {
+    /// The SIP status that refuses an offer with this error: 488 for media we cannot or may
+    /// not use, 400 for SDP we cannot read.
+    pub fn status(&self) -> u16 {
+        match self {
+            SdpError::TooLarge(_) | SdpError::BadLine { .. } | SdpError::NoConnection => 400,
+            _ => 488,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -167,6 +222,8 @@ struct Section {
     rtcp: Option<(u16, Option<IpAddr>)>,
     rtpmaps: Vec<(u8, String, u32, u16)>,
     fmtps: Vec<(u8, String)>,
+    /// `a=crypto:` values with their line numbers.
+    crypto: Vec<(usize, String)>,
 }
 
 /// Encoding of the RFC 3551 static payload types, for formats listed without `a=rtpmap`.
@@ -324,6 +381,8 @@ pub fn parse_remote(sdp: &[u8]) -> Result<RemoteMedia, SdpError> {
                     current.ptime = attr_value.trim().parse::<u32>().ok().filter(|&p| p > 0);
                 } else if name.eq_ignore_ascii_case("rtcp") {
                     current.rtcp = Some(parse_rtcp_attr(attr_value, line, text)?);
+                } else if name.eq_ignore_ascii_case("crypto") && current.crypto.len() < 32 {
+                    current.crypto.push((line, attr_value.to_string()));
                 }
             }
             // v, o, s, t, b, i, u, e, p, z, k, r and unknown types carry nothing we need.
@@ -334,8 +393,9 @@ pub fn parse_remote(sdp: &[u8]) -> Result<RemoteMedia, SdpError> {
     let audio_with_port =
         |s: &&Section| s.line.media.eq_ignore_ascii_case("audio") && s.line.port != 0;
     let is_rtp = |s: &&Section| {
-        s.line.proto.eq_ignore_ascii_case("RTP/AVP")
-            || s.line.proto.eq_ignore_ascii_case("RTP/AVPF")
+        ["RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF"]
+            .iter()
+            .any(|p| s.line.proto.eq_ignore_ascii_case(p))
     };
     let Some((audio_index, audio)) = sections
         .iter()
@@ -388,15 +448,135 @@ pub fn parse_remote(sdp: &[u8]) -> Result<RemoteMedia, SdpError> {
             })
         })
         .collect();
+    let mut crypto = Vec::new();
+    let mut crypto_skipped = Vec::new();
+    for (line, value) in &audio.crypto {
+        match CryptoAttribute::parse(value) {
+            Ok(c) => crypto.push(c),
+            Err(e) => crypto_skipped.push(format!("line {line}: {e}")),
+        }
+    }
+    let secure_transport = audio
+        .line
+        .proto
+        .to_ascii_uppercase()
+        .starts_with("RTP/SAVP");
     Ok(RemoteMedia {
         rtp_addr,
         rtcp_addr,
         formats,
         direction,
         ptime_ms: audio.ptime.or(session.ptime),
+        secure_transport,
+        crypto,
+        crypto_skipped,
         media_lines: sections.into_iter().map(|s| s.line).collect(),
         audio_index,
     })
+}
+
+/// SDES (RFC 4568) for the remote's audio stream under our policy: the keys to use, `None`
+/// for plain RTP, or why the SDP is not acceptable (a 488).
+///
+/// Answering an offer: the first `a=crypto:` line with a suite we support wins (their
+/// order), and our answer carries the same tag and suite with our own key. An RTP/AVP offer
+/// with `a=crypto:` lines (best-effort SRTP, as baresip's `mediaenc=srtp` and FreeSWITCH's
+/// optional mode send) gets SRTP too unless the policy is off.
+/// Reading an answer to our offer: its line must name a tag we offered with the same suite.
+pub fn negotiate_crypto(
+    remote: &RemoteMedia,
+    role: SrtpRole<'_>,
+) -> Result<Option<SrtpKeys>, SdpError> {
+    let proto = || {
+        remote
+            .media_lines
+            .get(remote.audio_index)
+            .map_or_else(|| "RTP/SAVP".to_string(), |l| l.proto.clone())
+    };
+    match role {
+        SrtpRole::Answering { policy, keep } => {
+            if policy == SrtpPolicy::Off {
+                return if remote.secure_transport {
+                    Err(SdpError::SrtpDisabled(proto()))
+                } else {
+                    Ok(None)
+                };
+            }
+            let Some(c) = remote.crypto.first() else {
+                return if remote.secure_transport {
+                    Err(SdpError::NoUsableCrypto {
+                        proto: proto(),
+                        skipped: remote.crypto_skipped.clone(),
+                    })
+                } else if policy == SrtpPolicy::Required {
+                    Err(SdpError::SrtpRequired(remote.crypto_skipped.clone()))
+                } else {
+                    Ok(None)
+                };
+            };
+            let local = match keep {
+                Some(k) if k.suite() == c.suite => k.clone(),
+                _ => SrtpKey::generate(c.suite),
+            };
+            Ok(Some(SrtpKeys {
+                tag: c.tag,
+                suite: c.suite,
+                local,
+                remote: c.key.clone(),
+            }))
+        }
+        SrtpRole::Answered { policy, offered } => {
+            if offered.is_empty() {
+                // We offered plain RTP: crypto in the answer is not something we asked for.
+                return if remote.secure_transport {
+                    Err(SdpError::CryptoAnswer(format!(
+                        "{} answer to a plain RTP offer",
+                        proto()
+                    )))
+                } else {
+                    Ok(None)
+                };
+            }
+            let Some(c) = remote.crypto.first() else {
+                return if policy == SrtpPolicy::Required || remote.secure_transport {
+                    Err(SdpError::CryptoAnswer(format!(
+                        "no usable a=crypto line in the answer{}",
+                        skipped_note(&remote.crypto_skipped)
+                    )))
+                } else {
+                    Ok(None)
+                };
+            };
+            let ours = offered
+                .iter()
+                .find(|o| o.tag == c.tag && o.suite == c.suite)
+                .ok_or_else(|| {
+                    SdpError::CryptoAnswer(format!(
+                        "tag {} with {} was not offered",
+                        c.tag, c.suite
+                    ))
+                })?;
+            Ok(Some(SrtpKeys {
+                tag: c.tag,
+                suite: c.suite,
+                local: ours.key.clone(),
+                remote: c.key.clone(),
+            }))
+        }
+    }
+}
+
+/// The `a=crypto:` lines of an offer we make under `policy`: fresh keys for the suites we
+/// offer when SRTP is required, none otherwise (we offer plain RTP unless told to insist).
+pub fn offer_crypto(policy: SrtpPolicy) -> Vec<CryptoAttribute> {
+    if policy != SrtpPolicy::Required {
+        return Vec::new();
+    }
+    SrtpSuite::OFFERED
+        .iter()
+        .zip(1u32..)
+        .map(|(&suite, tag)| CryptoAttribute::generate(tag, suite))
+        .collect()
 }
 
 fn is_telephone_event(f: &RemoteFormat) -> bool {
@@ -405,6 +585,7 @@ fn is_telephone_event(f: &RemoteFormat) -> bool {
 
 /// Picks the first of the remote's formats (in *their* order) that is in `preference`,
 /// plus their telephone-event format (preferring the codec's clock rate, then 8 kHz).
+/// Codecs only: `srtp` stays `None` (see [`negotiate_secure`]).
 pub fn negotiate(remote: &RemoteMedia, preference: &[CodecKind]) -> Result<Negotiated, SdpError> {
     let chosen = remote.formats.iter().find_map(|f| {
         CodecKind::from_rtpmap(&f.encoding, f.clock_rate, f.channels)
@@ -445,7 +626,20 @@ pub fn negotiate(remote: &RemoteMedia, preference: &[CodecKind]) -> Result<Negot
         remote_direction: remote.direction,
         media_lines: remote.media_lines.clone(),
         audio_index: remote.audio_index,
+        srtp: None,
     })
+}
+
+/// [`negotiate`] and [`negotiate_crypto`] together: the codec and the SRTP keys.
+pub fn negotiate_secure(
+    remote: &RemoteMedia,
+    preference: &[CodecKind],
+    role: SrtpRole<'_>,
+) -> Result<Negotiated, SdpError> {
+    let srtp = negotiate_crypto(remote, role)?;
+    let mut neg = negotiate(remote, preference)?;
+    neg.srtp = srtp;
+    Ok(neg)
 }
 
 fn addr_type(ip: IpAddr) -> &'static str {
@@ -531,6 +725,9 @@ pub fn build_answer(
                 neg.telephone_event_clock
             );
         }
+        if let Some(keys) = &neg.srtp {
+            let _ = write!(out, "a=crypto:{}\r\n", keys.local_attribute());
+        }
         let _ = write!(
             out,
             "a=ptime:20\r\na={}\r\n",
@@ -550,6 +747,26 @@ pub fn build_offer(
     session_id: u64,
     version: u64,
 ) -> String {
+    build_secure_offer(
+        local_ip,
+        local_rtp_port,
+        preference,
+        &[],
+        session_id,
+        version,
+    )
+}
+
+/// [`build_offer`] with SDES: with `crypto` lines the transport is RTP/SAVP and the lines
+/// follow the formats (see [`offer_crypto`]).
+pub fn build_secure_offer(
+    local_ip: IpAddr,
+    local_rtp_port: u16,
+    preference: &[CodecKind],
+    crypto: &[CryptoAttribute],
+    session_id: u64,
+    version: u64,
+) -> String {
     let mut codecs: Vec<CodecKind> = Vec::new();
     for &k in preference {
         if !codecs.contains(&k) {
@@ -562,7 +779,12 @@ pub fn build_offer(
     let pt = |k: CodecKind| k.static_payload_type().unwrap_or(OFFER_OPUS_PT);
     let mut out = String::with_capacity(512);
     session_header(&mut out, local_ip, session_id, version);
-    let _ = write!(out, "m=audio {local_rtp_port} RTP/AVP");
+    let proto = if crypto.is_empty() {
+        "RTP/AVP"
+    } else {
+        "RTP/SAVP"
+    };
+    let _ = write!(out, "m=audio {local_rtp_port} {proto}");
     for &k in &codecs {
         let _ = write!(out, " {}", pt(k));
     }
@@ -572,8 +794,12 @@ pub fn build_offer(
     }
     let _ = write!(
         out,
-        "a=rtpmap:{OFFER_TELEPHONE_EVENT_PT} telephone-event/8000\r\na=fmtp:{OFFER_TELEPHONE_EVENT_PT} 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+        "a=rtpmap:{OFFER_TELEPHONE_EVENT_PT} telephone-event/8000\r\na=fmtp:{OFFER_TELEPHONE_EVENT_PT} 0-16\r\n"
     );
+    for c in crypto {
+        let _ = write!(out, "a=crypto:{c}\r\n");
+    }
+    out.push_str("a=ptime:20\r\na=sendrecv\r\n");
     out
 }
 
@@ -830,10 +1056,10 @@ mod tests {
         assert_eq!(parse_remote(b""), Err(SdpError::NoAudio));
         let video_only = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=video 5000 RTP/AVP 96\r\n";
         assert_eq!(parse_remote(video_only.as_bytes()), Err(SdpError::NoAudio));
-        let srtp = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 5000 RTP/SAVP 0\r\n";
+        let dtls = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 5000 UDP/TLS/RTP/SAVP 0\r\n";
         assert_eq!(
-            parse_remote(srtp.as_bytes()),
-            Err(SdpError::UnsupportedTransport("RTP/SAVP".into()))
+            parse_remote(dtls.as_bytes()),
+            Err(SdpError::UnsupportedTransport("UDP/TLS/RTP/SAVP".into()))
         );
         let no_c = "v=0\r\nm=audio 5000 RTP/AVP 0\r\n";
         assert_eq!(parse_remote(no_c.as_bytes()), Err(SdpError::NoConnection));
@@ -888,6 +1114,206 @@ mod tests {
                 "webrtc-rs sdp now accepts {offer:?}; reconsider using it"
             );
         }
+    }
+
+    /// baresip 1.x with `mediaenc=srtp-mand`: RTP/SAVP, its suites in its order. Line 9 is a
+    /// suite we do not implement, line 10 has an MKI.
+    const SRTP_OFFER: &str = "v=0\r\n\
+        o=- 1 2 IN IP4 192.0.2.7\r\n\
+        s=-\r\n\
+        c=IN IP4 192.0.2.7\r\n\
+        t=0 0\r\n\
+        m=audio 7000 RTP/SAVP 0 101\r\n\
+        a=rtpmap:0 PCMU/8000\r\n\
+        a=rtpmap:101 telephone-event/8000\r\n\
+        a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDEyMzQ1Ng\r\n\
+        a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\n\
+        a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj|2^31\r\n\
+        a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj\r\n\
+        a=sendrecv\r\n";
+
+    fn answering(policy: SrtpPolicy) -> SrtpRole<'static> {
+        SrtpRole::Answering { policy, keep: None }
+    }
+
+    #[test]
+    fn srtp_offer_gets_the_first_supported_suite_and_our_own_key() {
+        let r = parse_remote(SRTP_OFFER.as_bytes()).expect("parse");
+        assert!(r.secure_transport);
+        assert_eq!(r.crypto.len(), 2);
+        assert_eq!(r.crypto_skipped.len(), 2, "{:?}", r.crypto_skipped);
+        assert!(
+            r.crypto_skipped[0].starts_with("line 9:")
+                && r.crypto_skipped[0].contains("AES_256_CM")
+        );
+        assert!(r.crypto_skipped[1].starts_with("line 10:") && r.crypto_skipped[1].contains("MKI"));
+        let n = negotiate_secure(&r, ALL, answering(SrtpPolicy::Optional)).expect("negotiate");
+        let keys = n.srtp.clone().expect("SRTP");
+        assert_eq!((keys.tag, keys.suite), (3, SrtpSuite::AesCm128HmacSha1_32));
+        assert_eq!(keys.remote, r.crypto[0].key);
+        assert_ne!(keys.local, keys.remote, "our key is our own");
+        assert_eq!(n.media_config().srtp, Some(keys.clone()));
+        let answer = build_answer(LOCAL, 20_000, &n, 1, 1);
+        assert!(
+            answer.contains("m=audio 20000 RTP/SAVP 0 101\r\n"),
+            "{answer}"
+        );
+        assert_eq!(answer.matches("a=crypto:").count(), 1, "{answer}");
+        assert!(answer.contains(&format!(
+            "a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{}\r\n",
+            keys.local.to_base64()
+        )));
+        ::sdp::SessionDescription::try_from(answer.clone()).expect("webrtc-rs parses the answer");
+        // The caller reads our answer: it uses our key for what we send.
+        let back = parse_remote(answer.as_bytes()).expect("reparse");
+        let offered = r.crypto.clone();
+        let theirs = negotiate_crypto(
+            &back,
+            SrtpRole::Answered {
+                policy: SrtpPolicy::Optional,
+                offered: &offered,
+            },
+        )
+        .expect("answer matches")
+        .expect("SRTP");
+        assert_eq!((theirs.local, theirs.remote), (keys.remote, keys.local));
+    }
+
+    #[test]
+    fn srtp_policies_refuse_with_488_and_say_why() {
+        let savp_no_crypto = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 5000 RTP/SAVP 0\r\n\
+            a=crypto:1 F8_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        let r = parse_remote(savp_no_crypto.as_bytes()).expect("parse");
+        let e = negotiate_secure(&r, ALL, answering(SrtpPolicy::Required)).expect_err("no crypto");
+        assert!(matches!(e, SdpError::NoUsableCrypto { .. }), "{e:?}");
+        assert_eq!(e.status(), 488);
+        assert!(e.to_string().contains("RTP/SAVP stream has no usable a=crypto line (skipped: line 4: crypto suite \"F8_128_HMAC_SHA1_80\" is not supported"), "{e}");
+
+        let r = parse_remote(SRTP_OFFER.as_bytes()).expect("parse");
+        let e = negotiate_secure(&r, ALL, answering(SrtpPolicy::Off)).expect_err("off");
+        assert_eq!(e, SdpError::SrtpDisabled("RTP/SAVP".into()));
+        assert_eq!(e.status(), 488);
+
+        let plain = parse_remote(SIPP_OFFER.as_bytes()).expect("parse");
+        let e = negotiate_secure(&plain, ALL, answering(SrtpPolicy::Required)).expect_err("plain");
+        assert_eq!(e, SdpError::SrtpRequired(Vec::new()));
+        assert_eq!(e.status(), 488);
+        assert!(e.to_string().contains("srtp = \"required\""), "{e}");
+        for policy in [SrtpPolicy::Off, SrtpPolicy::Optional] {
+            let n = negotiate_secure(&plain, ALL, answering(policy)).expect("plain ok");
+            assert_eq!(n.srtp, None);
+            assert!(!build_answer(LOCAL, 1000, &n, 1, 1).contains("crypto"));
+        }
+        assert_eq!(parse_remote(b"junk").expect_err("bad").status(), 400);
+    }
+
+    #[test]
+    fn best_effort_srtp_on_rtp_avp() {
+        // baresip `mediaenc=srtp`, FreeSWITCH optional: RTP/AVP with a=crypto.
+        let offer = SRTP_OFFER.replace("RTP/SAVP", "RTP/AVP");
+        let r = parse_remote(offer.as_bytes()).expect("parse");
+        assert!(!r.secure_transport);
+        let n = negotiate_secure(&r, ALL, answering(SrtpPolicy::Optional)).expect("negotiate");
+        assert_eq!(n.srtp.as_ref().map(|k| k.tag), Some(3));
+        let answer = build_answer(LOCAL, 20_000, &n, 1, 1);
+        assert!(
+            answer.contains("RTP/AVP 0 101") && answer.contains("a=crypto:3 "),
+            "{answer}"
+        );
+        let n = negotiate_secure(&r, ALL, answering(SrtpPolicy::Off)).expect("off: plain");
+        assert_eq!(n.srtp, None);
+        let n = negotiate_secure(&r, ALL, answering(SrtpPolicy::Required)).expect("required");
+        assert!(n.srtp.is_some());
+    }
+
+    #[test]
+    fn reinvite_keeps_our_key_while_the_suite_stays() {
+        let r = parse_remote(SRTP_OFFER.as_bytes()).expect("parse");
+        let first = negotiate_crypto(&r, answering(SrtpPolicy::Optional))
+            .expect("ok")
+            .expect("srtp");
+        let role = SrtpRole::Answering {
+            policy: SrtpPolicy::Optional,
+            keep: Some(&first.local),
+        };
+        let again = negotiate_crypto(&r, role).expect("ok").expect("srtp");
+        assert_eq!(again, first);
+        // The peer now offers only the 80-bit suite: a fresh key for it.
+        let only80 = SRTP_OFFER.replace("a=crypto:3 ", "a=x-crypto:3 ");
+        let r80 = parse_remote(only80.as_bytes()).expect("parse");
+        let role = SrtpRole::Answering {
+            policy: SrtpPolicy::Optional,
+            keep: Some(&first.local),
+        };
+        let switched = negotiate_crypto(&r80, role).expect("ok").expect("srtp");
+        assert_eq!(
+            (switched.tag, switched.suite),
+            (4, SrtpSuite::AesCm128HmacSha1_80)
+        );
+        assert_ne!(switched.local, first.local);
+    }
+
+    #[test]
+    fn our_srtp_offer_and_the_answers_to_it() {
+        assert!(offer_crypto(SrtpPolicy::Optional).is_empty());
+        assert!(offer_crypto(SrtpPolicy::Off).is_empty());
+        let ours = offer_crypto(SrtpPolicy::Required);
+        assert_eq!(
+            ours.iter().map(|c| (c.tag, c.suite)).collect::<Vec<_>>(),
+            vec![
+                (1, SrtpSuite::AesCm128HmacSha1_80),
+                (2, SrtpSuite::AesCm128HmacSha1_32)
+            ]
+        );
+        let offer = build_secure_offer(LOCAL, 30_000, &[CodecKind::Pcmu], &ours, 5, 1);
+        assert!(
+            offer.contains("m=audio 30000 RTP/SAVP 0 101\r\n"),
+            "{offer}"
+        );
+        ::sdp::SessionDescription::try_from(offer.clone()).expect("webrtc-rs parses the offer");
+        assert!(build_offer(LOCAL, 30_000, ALL, 5, 1).contains(" RTP/AVP "));
+        // The far end answers: it takes our tag 2 and sends its own key.
+        let far = parse_remote(offer.as_bytes()).expect("parse our offer");
+        assert_eq!(far.crypto, ours);
+        let mut far_neg =
+            negotiate_secure(&far, ALL, answering(SrtpPolicy::Optional)).expect("far");
+        let mut k = far_neg.srtp.clone().expect("srtp");
+        assert_eq!(k.tag, 1);
+        k.tag = 2;
+        k.suite = SrtpSuite::AesCm128HmacSha1_32;
+        k.local = crate::media::srtp::SrtpKey::generate(k.suite);
+        far_neg.srtp = Some(k.clone());
+        let answer = build_answer(LOCAL, 7000, &far_neg, 1, 1);
+        let back = parse_remote(answer.as_bytes()).expect("answer");
+        let role = SrtpRole::Answered {
+            policy: SrtpPolicy::Required,
+            offered: &ours,
+        };
+        let got = negotiate_crypto(&back, role).expect("ok").expect("srtp");
+        assert_eq!((got.tag, got.suite), (2, SrtpSuite::AesCm128HmacSha1_32));
+        assert_eq!((&got.local, &got.remote), (&ours[1].key, &k.local));
+        // A tag we never offered, or no crypto at all, is refused.
+        let wrong = answer.replace("a=crypto:2 ", "a=crypto:9 ");
+        let back = parse_remote(wrong.as_bytes()).expect("answer");
+        assert!(matches!(
+            negotiate_crypto(&back, role),
+            Err(SdpError::CryptoAnswer(_))
+        ));
+        let plain = parse_remote(SIPP_OFFER.as_bytes()).expect("plain answer");
+        assert!(matches!(
+            negotiate_crypto(&plain, role),
+            Err(SdpError::CryptoAnswer(_))
+        ));
+        // We offered plain RTP: an RTP/SAVP answer makes no sense.
+        let none = SrtpRole::Answered {
+            policy: SrtpPolicy::Optional,
+            offered: &[],
+        };
+        assert!(matches!(
+            negotiate_crypto(&far, none),
+            Err(SdpError::CryptoAnswer(_))
+        ));
+        assert_eq!(negotiate_crypto(&plain, none), Ok(None));
     }
 
     #[test]

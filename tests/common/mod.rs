@@ -271,7 +271,7 @@ pub fn config_toml(
     let _ = writeln!(s, "[sip]\nlisten = \"{sip}\"\n");
     let _ = writeln!(
         s,
-        "[rtp]\nport_min = {}\nport_max = {}\n{}",
+        "[rtp]\nport_min = {}\nport_max = {}\n{}\n",
         rtp.0, rtp.1, opts.rtp_toml
     );
     let _ = writeln!(
