@@ -59,6 +59,38 @@ fn tcp_free(port: u16) -> bool {
     TcpListener::bind((LOOPBACK, port)).is_ok()
 }
 
+/// Claims ports `start..end` for this process across every test process running at once
+/// (cargo-nextest runs each test in its own process, and a daemon restarted after `kill -9`
+/// leaves its port unbound for a moment): an exclusive `flock` on one file per port, held until
+/// the process exits, when the kernel drops it.
+fn lock_ports(start: u16, end: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    static HELD: Mutex<Vec<fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("warmline-test-ports");
+    if fs::create_dir_all(&dir).is_err() {
+        return true; // no shared directory: fall back to the bind check alone
+    }
+    let mut claimed = Vec::new();
+    for port in start..end {
+        let Ok(file) = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            return false;
+        };
+        // SAFETY: flock only reads the descriptor, which `file` owns and keeps open; LOCK_NB
+        // makes a port another process holds fail at once.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return false; // `claimed` drops here, releasing what this call took
+        }
+        claimed.push(file);
+    }
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).extend(claimed);
+    true
+}
+
 /// Reserves `count` consecutive ports starting at a multiple of `align`, all free for UDP and
 /// TCP on 127.0.0.1 right now (bind-and-release: another process may still race us).
 fn reserve_ports(range: (u16, u16), count: u16, align: u16) -> u16 {
@@ -81,7 +113,7 @@ fn reserve_ports(range: (u16, u16), count: u16, align: u16) -> u16 {
         if (start..end).any(|p| set.contains(&p)) {
             continue;
         }
-        if (start..end).all(|p| udp_free(p) && tcp_free(p)) {
+        if (start..end).all(|p| udp_free(p) && tcp_free(p)) && lock_ports(start, end) {
             set.extend(start..end);
             return start;
         }
