@@ -431,6 +431,10 @@ fn sigterm_drains_refuses_new_calls_hangs_up_at_timeout_and_exits_0() {
             .filter(|&c| c == 503)
     });
     assert_eq!(refused, 503);
+    // A load balancer's OPTIONS probe sees the node unavailable too, so it fails over before
+    // sending INVITEs here.
+    let probe_reply = sip_options_ping(d.sip_addr, Duration::from_secs(2)).unwrap_or_default();
+    assert_eq!(status_code(&probe_reply), Some(503), "{probe_reply}");
     // The call up gets BYE once the 3 s drain is over, and SIPp answers it.
     let r = up.wait();
     r.assert_ok();

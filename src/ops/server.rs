@@ -121,6 +121,10 @@ impl TakeSlot for Arc<PerSource> {
 }
 
 impl CallSpawner for Spawner {
+    fn accepting_calls(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+    }
+
     fn spawn_call(
         &self,
         call: IncomingCall,

@@ -152,6 +152,11 @@ pub trait CallSpawner: Send + Sync + 'static {
 
     /// An agent's phone registered or went away; ignored by default.
     fn agent_event(&self, _event: AgentEvent) {}
+
+    /// False while the appliance drains (OPTIONS then gets 503); true by default.
+    fn accepting_calls(&self) -> bool {
+        true
+    }
 }
 
 pub struct SipServer {
@@ -249,6 +254,8 @@ impl SipServer {
                 armed = deadline;
                 timer.as_mut().reset(deadline.unwrap_or_else(far));
             }
+            self.endpoint
+                .set_accepting_calls(self.spawner.accepting_calls());
             tokio::select! {
                 r = self.udp.recv_from(&mut buf) => {
                     match r {

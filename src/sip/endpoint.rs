@@ -547,6 +547,9 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     next_call: u64,
     malformed: u64,
+    /// False while the appliance drains: OPTIONS probes get 503 so a load balancer (Kamailio's
+    /// dispatcher) takes this node out before the INVITEs start failing.
+    accepting_calls: bool,
     rng: StdRng,
     uac: HashMap<CallHandle, UacCall>,
     regs: HashMap<u64, RegState>,
@@ -623,6 +626,7 @@ impl Endpoint {
             events: VecDeque::new(),
             next_call: 1,
             malformed: 0,
+            accepting_calls: true,
             rng: StdRng::from_os_rng(),
             uac: HashMap::new(),
             regs: HashMap::new(),
@@ -698,6 +702,11 @@ impl Endpoint {
 
     pub fn transaction_count(&self) -> usize {
         self.txs.len()
+    }
+
+    /// Whether new calls are taken; while not, OPTIONS is answered 503 (the shell's drain).
+    pub fn set_accepting_calls(&mut self, accepting: bool) {
+        self.accepting_calls = accepting;
     }
 
     /// Messages rejected at the parse stage so far (each logged by exactly one warning).
@@ -1337,7 +1346,8 @@ impl Endpoint {
             Method::Bye => self.on_bye(now, key, ctx, req),
             Method::Options => {
                 let extra = vec![hdr("Allow", ALLOW), hdr("Accept", ACCEPT)];
-                self.answer_stateful(now, key, ctx, &req, 200, extra);
+                let status = if self.accepting_calls { 200 } else { 503 };
+                self.answer_stateful(now, key, ctx, &req, status, extra);
             }
             Method::Info => self.on_info(now, key, ctx, req),
             Method::Register if self.registrar.is_some() => {
@@ -3743,6 +3753,25 @@ mod tests {
         h.send(&opt); // retransmission answered from the transaction
         assert_eq!(h.codes(), vec![200]);
         h.assert_clean();
+    }
+
+    /// A draining appliance tells probes it is unavailable, and says so no longer once it takes
+    /// calls again.
+    #[test]
+    fn options_gets_503_while_not_accepting_calls() {
+        let mut h = Harness::new(Transport::Udp);
+        let probe = |n: &str| {
+            let mut opt = Req::invite(n).no_body();
+            opt.method = "OPTIONS".into();
+            opt.cseq_method = "OPTIONS".into();
+            opt
+        };
+        h.ep.set_accepting_calls(false);
+        h.send(&probe("drain-1"));
+        assert_eq!(h.codes(), vec![503]);
+        h.ep.set_accepting_calls(true);
+        h.send(&probe("drain-2"));
+        assert_eq!(h.codes(), vec![200]);
     }
 
     #[test]
