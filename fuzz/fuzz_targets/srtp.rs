@@ -23,9 +23,8 @@ fuzz_target!(|data: &[u8]| {
     // Packets: each record is a 2-byte length and that many bytes, fed to one receiving
     // context (RTP when the mode's bit 1 is clear, SRTCP otherwise).
     let suite = SrtpSuite::ALL[usize::from(mode >> 2) % SrtpSuite::ALL.len()];
-    let key = |fill: u8| {
-        SrtpKey::from_bytes(suite, &vec![fill; suite.master_len()]).expect("key length")
-    };
+    let key =
+        |fill: u8| SrtpKey::from_bytes(suite, &vec![fill; suite.master_len()]).expect("key length");
     let keys = SrtpKeys {
         tag: 1,
         suite,
@@ -46,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
             pair.unprotect_rtcp(packet)
         };
         if let Ok(plain) = out {
-            assert!(plain.len() <= packet.len(), "plaintext longer than the packet");
+            assert!(
+                plain.len() <= packet.len(),
+                "plaintext longer than the packet"
+            );
         }
     }
 });

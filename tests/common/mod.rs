@@ -87,7 +87,9 @@ fn lock_ports(start: u16, end: u16) -> bool {
         }
         claimed.push(file);
     }
-    HELD.lock().unwrap_or_else(|e| e.into_inner()).extend(claimed);
+    HELD.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(claimed);
     true
 }
 
