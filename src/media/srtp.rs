@@ -172,6 +172,8 @@ pub enum SrtpError {
     TooShort { what: &'static str, len: usize },
     #[error("SRTCP packet without the E bit (unencrypted SRTCP is not accepted)")]
     UnencryptedRtcp,
+    #[error("SRTP header extension runs past its declared length")]
+    BadHeaderExtension,
     #[error("authentication failed")]
     Auth,
     #[error("replayed packet")]
@@ -522,6 +524,11 @@ impl SrtpPair {
                 len: packet.len(),
             });
         }
+        // The crate's header parser walks RFC 8285 extension elements without bounds checks
+        // (an element longer than the packet panics, found by fuzz/fuzz_targets/srtp.rs).
+        if !extension_elements_fit(packet) {
+            return Err(SrtpError::BadHeaderExtension);
+        }
         let plain = self.rx.decrypt_rtp(packet).map_err(map_crate_error)?;
         // Authenticated: the header is the sender's.
         let (Some(seq), Some(ssrc)) = (plain.get(2..4), plain.get(8..12)) else {
@@ -573,6 +580,61 @@ impl SrtpPair {
     }
 }
 
+/// Whether the RTP header's extension block, and every RFC 8285 element in it, lies inside the
+/// packet (and inside the block). Mirrors the element walk of webrtc-rs `rtp` 0.17's
+/// `Header::unmarshal` (one-byte profile 0xBEDE, two-byte 0x1000, any other profile opaque)
+/// with the bounds checks it lacks; senders following RFC 8285 always pass.
+fn extension_elements_fit(packet: &[u8]) -> bool {
+    let Some(&b0) = packet.first() else {
+        return false;
+    };
+    let csrc_end = RTP_HEADER_LEN + 4 * usize::from(b0 & 0x0F);
+    if b0 & 0x10 == 0 {
+        return packet.len() >= csrc_end;
+    }
+    let Some(&[p0, p1, l0, l1]) = packet.get(csrc_end..csrc_end + 4) else {
+        return false;
+    };
+    let start = csrc_end + 4;
+    let end = start + 4 * usize::from(u16::from_be_bytes([l0, l1]));
+    if end > packet.len() {
+        return false;
+    }
+    let (one_byte, two_byte) = match u16::from_be_bytes([p0, p1]) {
+        0xBEDE => (true, false),
+        0x1000 => (false, true),
+        _ => return true,
+    };
+    let mut at = start;
+    while at < end {
+        let Some(&b) = packet.get(at) else {
+            return false;
+        };
+        at += 1;
+        if b == 0 {
+            continue; // padding
+        }
+        let len = if one_byte {
+            if b >> 4 == 0x0F {
+                return true; // reserved id: the walk stops here
+            }
+            usize::from(b & 0x0F) + 1
+        } else {
+            debug_assert!(two_byte);
+            let Some(&l) = packet.get(at) else {
+                return false;
+            };
+            at += 1;
+            usize::from(l)
+        };
+        at += len;
+        if at > end {
+            return false;
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,6 +644,35 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
             .collect()
+    }
+
+    /// Found by the `srtp` fuzz target: a one-byte extension element longer than the packet
+    /// made webrtc-rs's header parser panic inside `decrypt_rtp`.
+    #[test]
+    fn extension_elements_past_the_packet_are_refused_before_the_crate() {
+        let keys = SrtpKeys {
+            tag: 1,
+            suite: SrtpSuite::AesCm128HmacSha1_80,
+            local: vector_key(SrtpSuite::AesCm128HmacSha1_80),
+            remote: vector_key(SrtpSuite::AesCm128HmacSha1_80),
+        };
+        let mut rx = SrtpPair::new(&keys).expect("pair");
+        // X bit, profile 0xBEDE, 1 word of extension: element id 1 claiming 16 bytes.
+        let mut p = vec![0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0xBE, 0xDE, 0, 1, 0x1F, 0, 0, 0];
+        p.extend([0u8; 10]); // the auth tag's room
+        assert_eq!(rx.unprotect_rtp(&p), Err(SrtpError::BadHeaderExtension));
+        // Two-byte profile: an element length past the block.
+        let mut q = vec![0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0x10, 0x00, 0, 1, 1, 200, 0, 0];
+        q.extend([0u8; 10]);
+        assert_eq!(rx.unprotect_rtp(&q), Err(SrtpError::BadHeaderExtension));
+        // Well-formed elements, padding and the reserved id pass (then fail authentication).
+        for ext in [[0x10, 0xAA, 0, 0], [0, 0, 0x10, 0xAA], [0xF0, 0xFF, 0xFF, 0xFF]] {
+            let mut ok = vec![0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0xBE, 0xDE, 0, 1];
+            ok.extend(ext);
+            ok.extend([0u8; 14]);
+            assert!(extension_elements_fit(&ok), "{ext:?}");
+            assert!(rx.unprotect_rtp(&ok).is_err_and(|e| e.is_auth_failure()));
+        }
     }
 
     /// Key `i * 7 + 3`, as in the vectors below.
