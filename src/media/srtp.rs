@@ -658,15 +658,23 @@ mod tests {
         };
         let mut rx = SrtpPair::new(&keys).expect("pair");
         // X bit, profile 0xBEDE, 1 word of extension: element id 1 claiming 16 bytes.
-        let mut p = vec![0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0xBE, 0xDE, 0, 1, 0x1F, 0, 0, 0];
+        let mut p = vec![
+            0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0xBE, 0xDE, 0, 1, 0x1F, 0, 0, 0,
+        ];
         p.extend([0u8; 10]); // the auth tag's room
         assert_eq!(rx.unprotect_rtp(&p), Err(SrtpError::BadHeaderExtension));
         // Two-byte profile: an element length past the block.
-        let mut q = vec![0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0x10, 0x00, 0, 1, 1, 200, 0, 0];
+        let mut q = vec![
+            0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0x10, 0x00, 0, 1, 1, 200, 0, 0,
+        ];
         q.extend([0u8; 10]);
         assert_eq!(rx.unprotect_rtp(&q), Err(SrtpError::BadHeaderExtension));
         // Well-formed elements, padding and the reserved id pass (then fail authentication).
-        for ext in [[0x10, 0xAA, 0, 0], [0, 0, 0x10, 0xAA], [0xF0, 0xFF, 0xFF, 0xFF]] {
+        for ext in [
+            [0x10, 0xAA, 0, 0],
+            [0, 0, 0x10, 0xAA],
+            [0xF0, 0xFF, 0xFF, 0xFF],
+        ] {
             let mut ok = vec![0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0xBE, 0xDE, 0, 1];
             ok.extend(ext);
             ok.extend([0u8; 14]);
