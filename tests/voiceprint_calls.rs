@@ -116,8 +116,10 @@ fn start_daemon() -> Daemon {
     );
     Daemon::start(DaemonOpts {
         extra_toml,
-        // Model loading (two Vosk models) on a shared box.
-        ready_timeout: Duration::from_secs(120),
+        // Model loading (two Vosk models), and on a fresh clone the first Piper rendering of
+        // every prompt into the shared TTS cache, while other test daemons run (as the other
+        // Piper tests allow).
+        ready_timeout: Duration::from_secs(240),
         ..DaemonOpts::default()
     })
 }
