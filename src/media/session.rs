@@ -7,6 +7,7 @@
 //! concealment (Opus in-band FEC when the next packet is already there).
 //! Send path: [`MediaSession::send_frame`] encodes and packetises, or lets the RTP clock
 //! run silently while on hold. RTCP SR/RR + SDES go out about every 5 s.
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,6 +32,13 @@ const MAX_PAYLOAD: usize = 8192;
 const MAX_PENDING_SAMPLES: usize = 4000;
 /// Events kept for `poll_event` at most.
 const MAX_EVENTS: usize = 256;
+
+/// Which kind of datagram [`MediaSession::unprotect`] checks.
+#[derive(Debug, Clone, Copy)]
+enum Packet {
+    Rtp,
+    Rtcp,
+}
 
 /// Everything the session needs from offer/answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,6 +338,25 @@ impl MediaSession {
         self.retired_duplicates = self.retired_duplicates.saturating_add(jb.duplicates);
     }
 
+    /// The plain packet: `data` itself without SRTP, else decrypted and checked; `None` (and
+    /// counted) when it fails the check.
+    fn unprotect<'a>(&mut self, data: &'a [u8], kind: Packet) -> Option<Cow<'a, [u8]>> {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return Some(Cow::Borrowed(data));
+        };
+        let plain = match kind {
+            Packet::Rtp => srtp.unprotect_rtp(data),
+            Packet::Rtcp => srtp.unprotect_rtcp(data),
+        };
+        match plain {
+            Ok(p) => Some(Cow::Owned(p)),
+            Err(e) => {
+                self.count_srtp_error(&e);
+                None
+            }
+        }
+    }
+
     fn count_srtp_error(&mut self, e: &SrtpError) {
         let counter = if e.is_replay() {
             &mut self.stats.srtp_replays
@@ -407,20 +434,10 @@ impl MediaSession {
             self.handle_rtcp(data, from, now);
             return;
         }
-        let plain;
-        let data = match self.srtp.as_mut() {
-            None => data,
-            Some(srtp) => match srtp.unprotect_rtp(data) {
-                Ok(p) => {
-                    plain = p;
-                    plain.as_slice()
-                }
-                Err(e) => {
-                    self.count_srtp_error(&e);
-                    return;
-                }
-            },
+        let Some(data) = self.unprotect(data, Packet::Rtp) else {
+            return;
         };
+        let data = &*data;
         let packet = match rtp_mod::parse(data) {
             Ok(p) if p.payload.len() <= MAX_PAYLOAD => p,
             _ => {
@@ -495,20 +512,10 @@ impl MediaSession {
 
     /// Feeds one datagram received on our RTCP port.
     pub fn handle_rtcp(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
-        let plain;
-        let data = match self.srtp.as_mut() {
-            None => data,
-            Some(srtp) => match srtp.unprotect_rtcp(data) {
-                Ok(p) => {
-                    plain = p;
-                    plain.as_slice()
-                }
-                Err(e) => {
-                    self.count_srtp_error(&e);
-                    return;
-                }
-            },
+        let Some(data) = self.unprotect(data, Packet::Rtcp) else {
+            return;
         };
+        let data = &*data;
         let Ok(items) = rtcp_mod::parse_compound(data) else {
             self.stats.invalid_packets = self.stats.invalid_packets.saturating_add(1);
             return;
