@@ -309,12 +309,8 @@ fn rfc4733_menu_survives_loss_jitter_and_reordering() {
 
 /// A Korean caller says "보험 가입" (main menu option 1 of tests/data/ko-bank.toml) over the menu
 /// prompt, through the same impaired uplink; the recogniser still picks the option.
-#[test]
-fn speech_menu_survives_loss_jitter_and_reordering() {
-    assert!(
-        can_send_raw_rtp(),
-        "SIPp replays the pcap through a raw socket: run as root (CI does)"
-    );
+/// A daemon answering with the Korean speech menu (tests/data/ko-bank.toml).
+fn korean_menu_opts() -> DaemonOpts {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = repo.join(".cache/speech/models/vosk-model-small-ko");
     assert!(
@@ -322,7 +318,7 @@ fn speech_menu_survives_loss_jitter_and_reordering() {
         "needs the Vosk model at {}: run scripts/setup-vosk.sh",
         model.display()
     );
-    let d = Daemon::start(DaemonOpts {
+    DaemonOpts {
         dialplan: "ko-bank".into(),
         dialplans_dir: repo.join("tests/data"),
         extra_toml: format!(
@@ -331,7 +327,12 @@ fn speech_menu_survives_loss_jitter_and_reordering() {
         ),
         ready_timeout: Duration::from_secs(60),
         ..DaemonOpts::default()
-    });
+    }
+}
+
+/// The caller saying "보험 가입" (main menu option 1): espeak-ng, 8 kHz, 2.5 s of silence
+/// before (over the menu prompt) and 6 s after.
+fn korean_caller_wav(d: &Daemon) -> PathBuf {
     let dir = d.run_dir("say");
     let raw = dir.join("raw.wav");
     let wav = dir.join("caller.wav");
@@ -352,6 +353,18 @@ fn speech_menu_survives_loss_jitter_and_reordering() {
             .status()
             .is_ok_and(|s| s.success());
     assert!(ok, "cannot make the caller's speech");
+    wav
+}
+
+#[test]
+fn speech_menu_survives_loss_jitter_and_reordering() {
+    assert!(
+        can_send_raw_rtp(),
+        "SIPp replays the pcap through a raw socket: run as root (CI does)"
+    );
+    let d = Daemon::start(korean_menu_opts());
+    let wav = korean_caller_wav(&d);
+    let dir = d.run_dir("replay");
     let clean = DtmfPcap::new(&[]).audio(&wav).packets().expect("packets");
     let (bad, stats) = impair(clean, 5, 30, 5, 0xc0ffee);
     eprintln!("impaired uplink: {stats:?}");
@@ -863,48 +876,10 @@ fn baresip_dtmf_menu_through_live_loss_jitter_and_reordering() {
 /// the recogniser picks the option although both directions are impaired.
 #[test]
 fn baresip_speech_menu_through_live_loss_jitter_and_reordering() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = repo.join(".cache/speech/models/vosk-model-small-ko");
-    assert!(
-        model.join("am/final.mdl").is_file(),
-        "needs the Vosk model at {}: run scripts/setup-vosk.sh",
-        model.display()
-    );
-    let (d, mut net) = daemon_behind_impaired_path(
-        DaemonOpts {
-            dialplan: "ko-bank".into(),
-            dialplans_dir: repo.join("tests/data"),
-            extra_toml: format!(
-                "[speech]\nmodels = {{ ko = {} }}\nvoices = {{}}\n",
-                Value::String(model.display().to_string())
-            ),
-            ready_timeout: Duration::from_secs(60),
-            ..DaemonOpts::default()
-        },
-        0xc0ffee,
-    );
-    let dir = d.run_dir("say");
-    let raw = dir.join("raw.wav");
-    let wav = dir.join("caller.wav");
-    require_tool("espeak-ng");
-    require_tool("sox");
+    let (d, mut net) = daemon_behind_impaired_path(korean_menu_opts(), 0xc0ffee);
     // 2.5 s into the call (over the menu prompt), then 6 s of silence: baresip's aufile source
     // ends the call when the file ends.
-    let ok = Command::new("espeak-ng")
-        .args(["-v", "ko", "-s", "160", "-w"])
-        .arg(&raw)
-        .args(["--", "보험 가입"])
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new("sox")
-            .arg("-D")
-            .arg(&raw)
-            .args(["-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer"])
-            .arg(&wav)
-            .args(["pad", "2.5", "6"])
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(ok, "cannot make the caller's speech");
+    let wav = korean_caller_wav(&d);
     let mut phone = Baresip::start_in(
         BaresipOpts {
             audio_source: Some(wav),
