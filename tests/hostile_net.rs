@@ -52,6 +52,26 @@ fn tls_toml(listen: SocketAddr, cert: &Path, key: &Path) -> String {
     )
 }
 
+/// Dials `uri`, presses 1 after 3 s of the menu, hangs up 3 s later; the call's CDR.
+fn press_1_and_hang_up(phone: &mut Baresip, d: &Daemon, uri: &str) -> Value {
+    phone.dial(uri);
+    let est = phone.expect_event("CALL_ESTABLISHED", EVENT_WAIT);
+    let call_id = est["id"].as_str().expect("Call-ID").to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    phone.send_digit('1');
+    std::thread::sleep(Duration::from_secs(3));
+    phone.hangup();
+    phone.expect_event("CALL_CLOSED", EVENT_WAIT);
+    phone.stop();
+    d.wait_cdr(&call_id, CDR_WAIT)
+}
+
+/// Seconds of sound (prompts) in what the phone heard.
+fn heard_seconds(phone: &Baresip) -> f64 {
+    let heard = phone.heard_wav().expect("baresip recorded what it heard");
+    wav_active_seconds(&heard, 0.01).expect("readable recording")
+}
+
 #[test]
 fn baresip_calls_over_tls_and_presses_a_key() {
     let certs = tempfile::tempdir().expect("tempdir");
@@ -70,20 +90,14 @@ fn baresip_calls_over_tls_and_presses_a_key() {
         },
         Some(&d.run_dir("baresip")),
     );
-    phone.dial(&format!("sip:1000@{tls_addr};transport=tls"));
-    let est = phone.expect_event("CALL_ESTABLISHED", EVENT_WAIT);
-    let call_id = est["id"].as_str().expect("Call-ID").to_string();
-    std::thread::sleep(Duration::from_secs(3));
-    phone.send_digit('1');
-    std::thread::sleep(Duration::from_secs(3));
-    phone.hangup();
-    phone.expect_event("CALL_CLOSED", EVENT_WAIT);
-    phone.stop();
-    let cdr = d.wait_cdr(&call_id, CDR_WAIT);
+    let cdr = press_1_and_hang_up(
+        &mut phone,
+        &d,
+        &format!("sip:1000@{tls_addr};transport=tls"),
+    );
     assert_eq!(field(&cdr, "digits"), "1", "{cdr}");
     assert_eq!(field(&cdr, "hangup_side"), "caller", "{cdr}");
-    let heard = phone.heard_wav().expect("baresip recorded what it heard");
-    let speech = wav_active_seconds(&heard, 0.01).expect("readable recording");
+    let speech = heard_seconds(&phone);
     assert!(
         speech > 2.0,
         "the greeting and menu are heard over a TLS-signalled call: {speech:.1} s"
@@ -863,8 +877,7 @@ fn baresip_dtmf_menu_through_live_loss_jitter_and_reordering() {
     assert_eq!(strings(&cdr["path"]), ["greeting", "main", "main"], "{cdr}");
     assert_eq!(field(&cdr, "outcome"), "opted-out", "{cdr}");
     assert_impaired_both_ways(&mut net, &cdr);
-    let heard = phone.heard_wav().expect("baresip recorded what it heard");
-    let speech = wav_active_seconds(&heard, 0.01).expect("readable recording");
+    let speech = heard_seconds(&phone);
     eprintln!("heard {speech:.1} s of prompt audio through the impaired downlink");
     assert!(
         speech > 6.0,
@@ -911,8 +924,7 @@ fn baresip_speech_menu_through_live_loss_jitter_and_reordering() {
         d.log_tail(40)
     );
     assert_impaired_both_ways(&mut net, &cdr);
-    let heard = phone.heard_wav().expect("baresip recorded what it heard");
-    let speech = wav_active_seconds(&heard, 0.01).expect("readable recording");
+    let speech = heard_seconds(&phone);
     eprintln!("heard {speech:.1} s of prompt audio through the impaired downlink");
     assert!(speech > 2.0, "prompts reach the phone: {speech:.1} s");
 }
@@ -939,16 +951,7 @@ fn baresip_srtp_call_reaches_the_menu_and_presses_a_key() {
         },
         Some(&d.run_dir("baresip-srtp")),
     );
-    phone.dial(&format!("sip:1000@{}", d.sip_addr));
-    let est = phone.expect_event("CALL_ESTABLISHED", EVENT_WAIT);
-    let call_id = est["id"].as_str().expect("Call-ID").to_string();
-    std::thread::sleep(Duration::from_secs(3));
-    phone.send_digit('1');
-    std::thread::sleep(Duration::from_secs(3));
-    phone.hangup();
-    phone.expect_event("CALL_CLOSED", EVENT_WAIT);
-    phone.stop();
-    let cdr = d.wait_cdr(&call_id, CDR_WAIT);
+    let cdr = press_1_and_hang_up(&mut phone, &d, &format!("sip:1000@{}", d.sip_addr));
     // The key press arrives as an RFC 4733 event inside SRTP: recognising it needs decryption.
     assert_eq!(field(&cdr, "digits"), "1", "{cdr}");
     assert_eq!(
@@ -975,8 +978,7 @@ fn baresip_srtp_call_reaches_the_menu_and_presses_a_key() {
     );
     assert!(answer.contains(suite), "answer names {suite}");
     // baresip decrypted our SRTP too: it heard the greeting and the menu.
-    let heard = phone.heard_wav().expect("baresip recorded what it heard");
-    let speech = wav_active_seconds(&heard, 0.01).expect("readable recording");
+    let speech = heard_seconds(&phone);
     assert!(
         speech > 2.0,
         "greeting and menu heard over SRTP: {speech:.1} s"
