@@ -57,20 +57,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn speech_cache() -> PathBuf {
-    repo().join(".cache/speech")
-}
-
-fn clip(speaker: &str, n: u32) -> PathBuf {
-    let p = speech_cache().join(format!("tortoise-voices/{speaker}/{n}.wav"));
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/setup-voiceprint.sh",
-        p.display()
-    );
-    p
-}
-
 fn model(name: &str, check: &str) -> PathBuf {
     let dir = speech_cache().join("models").join(name);
     assert!(

@@ -5,22 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod common;
+use common::{clip, speech_cache};
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn speech_cache() -> PathBuf {
-    repo().join(".cache/speech")
-}
-
-fn clip(speaker: &str, n: u32) -> PathBuf {
-    let p = speech_cache().join(format!("tortoise-voices/{speaker}/{n}.wav"));
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/setup-voiceprint.sh",
-        p.display()
-    );
-    p
 }
 
 struct Env {

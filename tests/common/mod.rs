@@ -332,6 +332,22 @@ fn toml_str(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
 }
 
+/// The git-ignored download cache of models, voices and speech clips (`scripts/setup-*.sh`).
+pub fn speech_cache() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/speech")
+}
+
+/// Clip `n` of a real recorded speaker (tortoise-tts voices, `scripts/setup-voiceprint.sh`).
+pub fn clip(speaker: &str, n: u32) -> PathBuf {
+    let p = speech_cache().join(format!("tortoise-voices/{speaker}/{n}.wav"));
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/setup-voiceprint.sh",
+        p.display()
+    );
+    p
+}
+
 /// Path of the binary under test (built by cargo for integration tests).
 pub fn warmline_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warmline"))
