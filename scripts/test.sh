@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-test-peers.sh
+scripts/setup-sipvicious.sh
 if [ -z "${WARMLINE_TEST_POSTGRES_URL:-}" ]; then
   WARMLINE_TEST_POSTGRES_URL="$(scripts/setup-postgres.sh)"
   export WARMLINE_TEST_POSTGRES_URL

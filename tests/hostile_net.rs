@@ -556,27 +556,16 @@ fn symmetric_rtp_sends_to_where_the_callers_media_comes_from() {
 // Scanners, password guessing, floods (need the SIP guard and registrar: src/sip/guard.rs)
 // ---------------------------------------------------------------------------------------------
 
-/// sipvicious 0.3.8 from PyPI in the git-ignored `.cache/sipvicious` venv (created once).
+/// sipvicious 0.3.8 from PyPI in the git-ignored `.cache/sipvicious` venv, installed once by
+/// `scripts/setup-sipvicious.sh` (`make test` runs it before the parallel tests).
 fn sipvicious(tool: &str) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = repo.join(".cache/sipvicious");
-    let bin = venv.join("bin").join(tool);
-    if !bin.is_file() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", "sipvicious==0.3.8"])
-                .status()
-                .is_ok_and(|s| s.success());
-        assert!(
-            ok && bin.is_file(),
-            "cannot install sipvicious into {}",
-            venv.display()
-        );
-    }
+    let bin = repo.join(".cache/sipvicious/bin").join(tool);
+    assert!(
+        bin.is_file(),
+        "{} missing: run scripts/setup-sipvicious.sh",
+        bin.display()
+    );
     bin
 }
 
